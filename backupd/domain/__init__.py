@@ -1,0 +1,1 @@
+"""Pure logic: retention, schedule calendar, naming, states. No I/O libraries here."""
