@@ -1,0 +1,1 @@
+"""Database engines, one module each, behind the SourceAdapter port (base.py)."""

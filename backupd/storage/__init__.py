@@ -1,0 +1,1 @@
+"""Destinations, one module each, behind the StorageAdapter port (base.py)."""
