@@ -224,6 +224,25 @@ class KeyFileError(CryptoError):
     template = "key {path}: {reason}"
 
 
+# --- notifications ---------------------------------------------------------------------
+class NotifyError(BackupdError):
+    """A notification could not be delivered. ``transient`` (a detail) says whether one retry
+    may help (connection refused, 5xx, 429) or not (4xx, bad URL, refused signature)."""
+
+    code = "notify-failed"
+    template = "notification channel {channel}: {reason}"
+
+    @property
+    def transient(self) -> bool:
+        """Return True when a retry might succeed."""
+        return bool(self.details.get("transient", False))
+
+
+class ChannelNotFound(BackupdError):
+    code = "channel-not-found"
+    template = "no notification channel named {channel!r}"
+
+
 ALL_ERRORS: dict[str, type[BackupdError]] = {}
 
 

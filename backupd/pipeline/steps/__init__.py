@@ -1,0 +1,1 @@
+"""The runner's steps, one module each: initialize, dump, upload, completion, retention."""

@@ -1,0 +1,1 @@
+"""SQLite state: schema and migrations (PRAGMA user_version), and the StateStore."""
