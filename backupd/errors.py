@@ -94,6 +94,12 @@ class DaemonUnreachable(BackupdError):
     exit_code = EXIT_UNREACHABLE
 
 
+class SocketNotPermitted(DaemonUnreachable):
+    code = "socket-not-permitted"
+    template = "not permitted to connect to {socket}: {reason}"
+    exit_code = EXIT_PERMISSION
+
+
 class ShuttingDown(BackupdError):
     code = "shutting-down"
     template = "backupd is stopping and accepts no new work"

@@ -166,6 +166,7 @@ class PingChannel(_Channel, tag="ping", kw_only=True):
     start_url: str | None = None
     success_url: str | None = None
     fail_url: str | None = None
+    method: Literal["GET", "POST"] = "POST"
 
 
 ChannelConfig = WebhookChannel | AppriseChannel | PingChannel

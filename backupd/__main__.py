@@ -1,0 +1,3 @@
+from backupd.main import main
+
+raise SystemExit(main())
