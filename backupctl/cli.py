@@ -14,7 +14,26 @@ from typing import Any
 from backupctl import commands
 from backupctl.client import find_socket
 from backupd import __version__
-from backupd.errors import EXIT_ERROR, EXIT_USAGE, BackupdError
+from backupd.errors import (
+    EXIT_ERROR,
+    EXIT_JOB_FAILED,
+    EXIT_JOB_PARTIAL,
+    EXIT_PERMISSION,
+    EXIT_PROTOCOL,
+    EXIT_UNREACHABLE,
+    EXIT_USAGE,
+    BackupdError,
+)
+
+CLIENT_EXIT_CODES = {
+    EXIT_ERROR,
+    EXIT_USAGE,
+    EXIT_UNREACHABLE,
+    EXIT_PERMISSION,
+    EXIT_PROTOCOL,
+    EXIT_JOB_FAILED,
+    EXIT_JOB_PARTIAL,
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -130,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except BackupdError as exc:
         print(f"backupctl: {exc.message} [{exc.code}]", file=sys.stderr)
-        return exc.exit_code
+        # daemon-side codes such as 78 (bad config) are plain errors for the client
+        return exc.exit_code if exc.exit_code in CLIENT_EXIT_CODES else EXIT_ERROR
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:

@@ -28,6 +28,7 @@ from backupd.service import ControlService
 from backupd.store.state import StateStore
 
 log = logging.getLogger("backupd")
+INTEGRITY_TASK = "@integrity"
 
 
 class Application:
@@ -126,13 +127,24 @@ class Application:
             raise RuntimeError(f"no runner for {kind}")
 
     def _schedule_specs(self) -> Mapping[str, ScheduleSpec]:
-        return {
+        specs = {
             name: ScheduleSpec(cron=job.schedule, catch_up=job.catch_up, random_delay=job.random_delay)
             for name, job in self.loaded.config.jobs.items()
             if job.schedule
         }
+        if self.loaded.config.jobs:
+            specs[INTEGRITY_TASK] = ScheduleSpec(
+                cron=self.loaded.config.daemon.integrity_schedule, catch_up=False, random_delay=0.0
+            )
+        return specs
 
     def _scheduled(self, job: str, reason: str) -> None:
+        if job == INTEGRITY_TASK:
+            try:
+                self.service.submit(job, "verify", reason, coalesce=True, details={"scheduled": True})
+            except Exception as exc:
+                log.warning("integrity check not queued: %s", exc)
+            return
         if reason == "catch-up":
             log.info(
                 "%s: catching up a run missed while the daemon was down",

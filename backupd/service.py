@@ -119,8 +119,10 @@ class ControlService:
         self, job: str, kind: str, trigger: str, coalesce: bool = False, details: dict[str, Any] | None = None
     ) -> dict[str, Any]:
         """Queue ``kind`` ("backup", "restore", "verify") for ``job``; return execution id and
-        whether it was coalesced into a pending run."""
-        self._job(job)
+        whether it was coalesced into a pending run. Names starting with ``@`` are system tasks
+        (``@integrity``), which no configured job can be called."""
+        if not job.startswith("@"):
+            self._job(job)
 
         def create() -> int:
             return self.store.create_execution(job, trigger, kind, details)

@@ -84,6 +84,7 @@ class RedisSource(_Source, tag="redis", kw_only=True):
     username: str | None = None
     data_dir: str | None = None
     service: str | None = None
+    start_command: list[str] | None = None
 
 
 class MongoSource(_Source, tag="mongodb", kw_only=True):

@@ -228,12 +228,17 @@ class StateStore:
         with self._tx() as c:
             c.execute("DELETE FROM backups WHERE destination=? AND key=?", (destination, key))
 
-    def replace_catalog(self, destination: str, records: list[BackupRecord]) -> None:
-        """Replace what the catalog knows of ``destination`` with ``records`` (from sidecars),
-        keeping verification results of keys that are still there."""
+    def replace_catalog(self, destination: str, records: list[BackupRecord], listed_at: float) -> None:
+        """Replace what the catalog knows of ``destination`` with ``records`` (from sidecars
+        listed at ``listed_at``), keeping verification results of keys still there and rows
+        committed after the listing began."""
         keep = {r.key for r in records}
         with self._tx() as c:
-            for row in c.execute("SELECT key FROM backups WHERE destination=?", (destination,)).fetchall():
+            rows = c.execute(
+                "SELECT key FROM backups WHERE destination=? AND created_at < ?",
+                (destination, listed_at - 60),
+            ).fetchall()
+            for row in rows:
                 if row["key"] not in keep:
                     c.execute("DELETE FROM backups WHERE destination=? AND key=?", (destination, row["key"]))
         for rec in records:
