@@ -188,15 +188,16 @@ class ControlServer:
             return error_reply(None, "bad-request", f"malformed JSON: {exc}")
         if not isinstance(req, dict):
             return error_reply(None, "bad-request", "a request is a JSON object")
+        req_id, op = req.get("id"), req.get("op")
         try:
             return self._dispatch(peer, req, send)
         except ClientGone:
             raise
         except BackupdError as exc:
-            return error_reply(req.get("id"), exc.code, exc.message)
-        except Exception as exc:
-            log.exception("op %r failed", req.get("op"))
-            return error_reply(req.get("id"), "internal-error", f"{type(exc).__name__}: {exc}")
+            return error_reply(req_id, exc.code, exc.message)
+        except Exception as exc:  # one op's bug is reported to its client, never fatal
+            log.exception("op %r failed", op)
+            return error_reply(req_id, "internal-error", f"{type(exc).__name__}: {exc}")
 
 
 class _FrameError(Exception):

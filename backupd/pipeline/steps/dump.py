@@ -17,8 +17,6 @@ from backupd.pipeline.fanout import FanOutSink
 from backupd.pipeline.streams import EXTENSIONS, ByteSink, HashingSink, compressor
 from backupd.storage.base import ObjectWriter
 
-PROGRESS_EVERY = 4 * 1024 * 1024
-
 
 @dataclass
 class PendingObject:
@@ -75,12 +73,9 @@ def run(ctx: RunnerContext, database: str, result: DatabaseResult) -> PendingObj
         )
         plain = HashingSink(comp)
         ctx.log("info", Step.DUMP, f"dumping {database} to {key}")
-        next_report = PROGRESS_EVERY
         while data := handle.read():
             plain.write(data)
-            if plain.size >= next_report:
-                ctx.journal.progress(Step.DUMP, plain.size, None)
-                next_report = plain.size + PROGRESS_EVERY
+            ctx.journal.progress(Step.DUMP, plain.size, None)  # cheap: the journal throttles
         result.tool = handle.finish()
         ctx.cancel.check()
         plain.finish()  # flushes the compressor and writes the encryptor's final chunk
