@@ -174,9 +174,11 @@ class Application:
             self.queue.set_limit(new.config.daemon.max_concurrent_jobs)
         if new.state_dir != old.state_dir or new.socket_path != old.socket_path:
             log.warning("state_dir and socket changes take effect at the next restart")
-        hook = self.service.extensions.get("on_reload")
-        if hook is not None:
-            hook(new)
+        for hook in self.service.extensions.get("reload_hooks", []):
+            try:
+                hook(new)
+            except Exception as exc:  # one extension's trouble must not undo a valid reload
+                log.error("after reload: %s", exc)
         self._wake.set()
 
     # --- health and status ----------------------------------------------------------------

@@ -125,5 +125,5 @@ def install(app: Application, ext: dict[str, Any]) -> None:
     def start_sync(*_: Any) -> None:
         threading.Thread(target=service.sync_all, name="catalog-sync", daemon=True).start()
 
-    ext["on_reload"] = start_sync
+    ext.setdefault("reload_hooks", []).append(start_sync)
     start_sync()

@@ -21,7 +21,7 @@ import sdnotify
 
 from backupd import __version__, catalog
 from backupd.config.load import LoadedConfig, load_config
-from backupd.errors import ConfigError
+from backupd.errors import EXIT_CONFIG, BackupdError, ConfigError, SecretError
 from backupd.logs import setup_logging
 
 log = logging.getLogger("backupd")
@@ -70,9 +70,9 @@ class Daemon:
         self.app = app
         try:
             app.start()
-        except OSError as exc:
+        except (OSError, BackupdError) as exc:
             log.error("cannot start: %s", exc)
-            return 1
+            return EXIT_CONFIG if isinstance(exc, ConfigError | SecretError) else 1
         self.notify("READY=1")
         self._set_status(app.status_line())
         log.info(

@@ -88,6 +88,8 @@ def run_backup(services: Services, item: WorkItem) -> Status:
     journal = StoreJournal(store, services.bus, item.job, eid, item.progress)
     services.bus.publish({"type": "status", "execution_id": eid, "job": item.job, "status": "running"})
     journal.log("info", Step.INITIALIZE, f"backup started ({item.trigger})", MESSAGE_ID=catalog.STARTED)
+    if services.notify is not None:
+        services.notify("backup.started", item.job, eid, "running", f"backup of {item.job} started")
     loaded = services.config()
     job = loaded.config.jobs.get(item.job)
     timer: threading.Timer | None = None

@@ -217,6 +217,24 @@ def check_references(loaded: LoadedConfig) -> None:
                 parse_duration(job.retention.keep_within)
             except ValueError as exc:
                 raise bad("retention.keep_within", str(exc)) from None
+    from backupd.notify.events import validate_event_filter
+
+    for name, channel in cfg.notifications.items():
+        try:
+            validate_event_filter(channel.events)
+        except ValueError as exc:
+            raise ConfigError(
+                file=str(loaded.origin.get(f"notifications.{name}", main)),
+                path=f"notifications.{name}.events",
+                expected=str(exc),
+            ) from None
+    if cfg.daemon.metrics_listen is not None:
+        from backupd.metrics import parse_listen
+
+        try:
+            parse_listen(cfg.daemon.metrics_listen)
+        except ValueError as exc:
+            raise ConfigError(file=main, path="daemon.metrics_listen", expected=str(exc)) from None
     for name, key in cfg.encryption.items():
         if (key.key_file is None) == (key.credential is None):
             raise ConfigError(

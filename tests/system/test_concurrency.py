@@ -16,10 +16,9 @@ pytestmark = pytest.mark.timeout(180)
 
 def _slow_jobs(tmp_path: Path, names: list[str], max_jobs: int) -> DaemonProc:
     cfg = base_config(tmp_path, max_concurrent_jobs=max_jobs)
-    for i, name in enumerate(names):
+    for name in names:
         # brotli at level 11 is slow enough (well under 1 MiB/s) to keep each job busy for seconds
         sqlite_job(cfg, tmp_path, name, rows=60, blob_kib=64, compression="brotli", level=11)
-        cfg["sources"][name]["path"] = str(tmp_path / f"{name}.db")
     return DaemonProc(tmp_path, cfg).start()
 
 
