@@ -122,6 +122,13 @@ def parse_data(data: dict[str, Any], name: str) -> Config:
                     path=f"{section}.{key}",
                     expected="a name of lowercase letters, digits, '_', '.', '-' (at most 64)",
                 )
+            tags = _tags(value_type)
+            if tags and isinstance(value, dict) and value.get("type") not in tags:
+                raise ConfigError(
+                    file=name,
+                    path=f"{section}.{key}.type",
+                    expected=f"one of {', '.join(tags)}, not {value.get('type')!r}",
+                )
             try:
                 msgspec.convert(value, value_type, strict=True)
             except msgspec.ValidationError as exc:
@@ -133,6 +140,13 @@ def parse_data(data: dict[str, Any], name: str) -> Config:
     except msgspec.ValidationError as exc:
         path, msg = _describe(exc)
         raise ConfigError(file=name, path=path, expected=msg) from None
+
+
+def _tags(union: Any) -> list[str]:
+    """Return the ``type`` tags of a tagged union of Structs (empty for other types)."""
+    members = typing.get_args(union) or (union,)
+    tags = [getattr(m, "__struct_config__", None) for m in members]
+    return [str(t.tag) for t in tags if t is not None and t.tag is not None]
 
 
 def _conf_d(main: Path) -> list[Path]:
