@@ -111,6 +111,7 @@ def run_backup(services: Services, item: WorkItem) -> Status:
             cancel=item.cancel,
             encryption_key=key,
             compression_threads=services.compression_threads,
+            expected_sizes=_previous_sizes(store, item.job),
         )
     except Exception as exc:
         journal.log("error", Step.INITIALIZE, str(exc), MESSAGE_ID=catalog.FAILED)
@@ -140,6 +141,14 @@ def run_backup(services: Services, item: WorkItem) -> Status:
                 dest.close()
             except Exception:
                 log.debug("closing %s failed", dest.name, exc_info=True)
+
+
+def _previous_sizes(store: StateStore, job: str) -> dict[str, int]:
+    """Return the plaintext size of each database in the job's last good run (for ETAs)."""
+    last = store.last_execution(job, Status.SUCCEEDED)
+    if last is None:
+        return {}
+    return {d["database"]: int(d.get("plaintext_size") or 0) for d in last.details.get("databases", [])}
 
 
 def _record(services: Services, item: WorkItem, ctx: RunnerContext) -> None:

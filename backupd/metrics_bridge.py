@@ -40,15 +40,22 @@ def snapshot(app: Application) -> MetricsSnapshot:
             last_status=last.status if last else None,
             executions_by_status={s: n for (j, s), n in counts.items() if j == name},
         )
-    groups: dict[GroupKey, GroupMetrics] = {}
+    counted: dict[GroupKey, int] = {}
+    verified: dict[GroupKey, tuple[float, bool]] = {}
     for rec in store.backups():
         key = GroupKey(rec.job, rec.database, rec.destination)
-        g = groups.setdefault(key, GroupMetrics())
-        g.backups += 1
+        counted[key] = counted.get(key, 0) + 1
         written[rec.destination] = written.get(rec.destination, 0) + rec.size
-        if rec.last_verified_at is not None and (g.last_verification_time or 0) < rec.last_verified_at:
-            g.last_verification_time = rec.last_verified_at
-            g.last_verification_ok = rec.verify_result == "ok"
+        if rec.last_verified_at is not None and verified.get(key, (0.0, False))[0] < rec.last_verified_at:
+            verified[key] = (rec.last_verified_at, rec.verify_result == "ok")
+    groups = {
+        key: GroupMetrics(
+            backups=n,
+            last_verification_time=verified[key][0] if key in verified else None,
+            last_verification_ok=verified[key][1] if key in verified else None,
+        )
+        for key, n in counted.items()
+    }
     snap = app.queue.snapshot()
     return MetricsSnapshot(
         version=__version__,

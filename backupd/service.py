@@ -199,7 +199,14 @@ class ControlService:
             self.queue.wait(execution, WAIT_SLICE)
             item = self.queue.get(execution)
             if item is not None and item.state == "running":
-                emit({"type": "progress", "execution_id": execution, **item.progress.as_dict()})
+                emit(
+                    {
+                        "type": "progress",
+                        "execution_id": execution,
+                        "job": item.job,
+                        **item.progress.as_dict(),
+                    }
+                )
 
     @staticmethod
     def _line_dict(line: LogLine) -> dict[str, Any]:

@@ -111,6 +111,7 @@ class RunnerContext:
     cancel: CancelToken
     encryption_key: Any = None  # backupd.crypto.keyring.MasterKey when the job encrypts
     compression_threads: int = 0
+    expected_sizes: dict[str, int] = field(default_factory=dict)  # database -> last plaintext size, for ETAs
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
     # filled in by the steps
     started_at: datetime | None = None

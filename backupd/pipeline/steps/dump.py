@@ -73,9 +73,11 @@ def run(ctx: RunnerContext, database: str, result: DatabaseResult) -> PendingObj
         )
         plain = HashingSink(comp)
         ctx.log("info", Step.DUMP, f"dumping {database} to {key}")
+        expected = ctx.expected_sizes.get(database)
         while data := handle.read():
             plain.write(data)
-            ctx.journal.progress(Step.DUMP, plain.size, None)  # cheap: the journal throttles
+            # cheap: the journal throttles; the estimate is the last good run's size
+            ctx.journal.progress(Step.DUMP, plain.size, max(expected, plain.size) if expected else None)
         result.tool = handle.finish()
         ctx.cancel.check()
         plain.finish()  # flushes the compressor and writes the encryptor's final chunk
