@@ -1,0 +1,1 @@
+"""Integration tests of the database source adapters against real servers (MongoDB: stand-ins)."""
