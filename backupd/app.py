@@ -8,6 +8,7 @@ socket → scheduler. ``stop`` takes them down in the reverse order.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import zoneinfo
 from collections.abc import Callable, Mapping
@@ -65,6 +66,7 @@ class Application:
             adapter_context=self.actx,
             keyring=self.keyring,
             notify=self.notify_event,
+            compression_threads=self._compression_threads,
         )
         self.service = ControlService(self.loaded, self.store, self.bus, self.queue, self._run_work)
         self.service.reloader = self._reloader
@@ -116,6 +118,13 @@ class Application:
 
                 self._keyring = Keyring.from_config(self.loaded.config.encryption)
             return self._keyring
+
+    def _compression_threads(self) -> int:
+        """zstd worker threads per job: the cores left per concurrent job, when that is at
+        least two (measured on 2 cores: 2 threads beat compressing on the job's own thread
+        when one job runs; with two jobs at once the jobs already fill the cores)."""
+        share = (os.cpu_count() or 1) // max(1, self.queue.limit)
+        return share if share >= 2 else 0
 
     def _run_work(self, kind: str, item: WorkItem) -> None:
         runner = self.service.extensions.get(f"run.{kind}")

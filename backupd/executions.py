@@ -47,7 +47,7 @@ class Services:
     keyring: Callable[[], Any]
     notify: Callable[..., None] | None = None
     apply_retention: Callable[[str, str, str], dict[str, Any]] | None = None
-    compression_threads: int = 0
+    compression_threads: Callable[[], int] = lambda: 0
 
 
 def build_destinations(
@@ -110,7 +110,7 @@ def run_backup(services: Services, item: WorkItem) -> Status:
             journal=journal,
             cancel=item.cancel,
             encryption_key=key,
-            compression_threads=services.compression_threads,
+            compression_threads=services.compression_threads(),
             expected_sizes=_previous_sizes(store, item.job),
         )
     except Exception as exc:
