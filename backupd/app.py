@@ -120,11 +120,12 @@ class Application:
             return self._keyring
 
     def _compression_threads(self) -> int:
-        """zstd worker threads per job: the cores left per concurrent job, when that is at
-        least two (measured on 2 cores: 2 threads beat compressing on the job's own thread
-        when one job runs; with two jobs at once the jobs already fill the cores)."""
-        share = (os.cpu_count() or 1) // max(1, self.queue.limit)
-        return share if share >= 2 else 0
+        """zstd worker threads per job: at least two on a machine with two or more cores
+        (measured on 2 cores: compression on two worker threads beat compressing on the
+        job's own thread, and overlaps with the hashing, encryption and writing done there),
+        more when cores are plentiful per concurrent job."""
+        cores = os.cpu_count() or 1
+        return max(2, cores // max(1, self.queue.limit)) if cores >= 2 else 0
 
     def _run_work(self, kind: str, item: WorkItem) -> None:
         runner = self.service.extensions.get(f"run.{kind}")
