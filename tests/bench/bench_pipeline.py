@@ -42,7 +42,7 @@ WORDS = [f"{i * 2654435761 % 2**32:08x}" for i in range(4000)]
 
 
 def make_sqlite(path: Path, mib: int) -> None:
-    """Build an SQLite database of about ``mib`` MiB of SQL-like rows (compressible ~4×)."""
+    """Build an SQLite database of about ``mib`` MiB of SQL-like rows (compressible about 4x)."""
     conn = sqlite3.connect(path)
     conn.execute("PRAGMA journal_mode=OFF")
     conn.execute(
@@ -178,7 +178,7 @@ def socket_latency(root: Path, clients: list[int], calls: int = 200) -> list[tup
             samples: list[float] = []
             lock = threading.Lock()
 
-            def client() -> None:
+            def client(samples: list[float] = samples, lock: threading.Lock = lock) -> None:
                 with Client(d.socket) as c:
                     mine = []
                     for _ in range(calls):
