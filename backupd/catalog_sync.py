@@ -33,8 +33,11 @@ class CatalogService:
         self._lock = threading.Lock()
         self.synced = threading.Event()
 
-    def sync_all(self) -> None:
-        """List every destination, rebuild its catalog rows, sweep old incomplete objects."""
+    def sync_all(self, startup: bool = False) -> None:
+        """List every destination, rebuild its catalog rows, sweep old incomplete objects; at
+        start-up also abort what writers of a previous daemon left unfinished (temp files,
+        open multipart uploads) — only what is older than this daemon, so that a backup
+        started meanwhile is never touched."""
         cfg = self._app.loaded
         for name in cfg.config.destinations:
             try:
@@ -43,6 +46,18 @@ class CatalogService:
                 log.warning("catalog: destination %s: %s", name, exc, extra={"DESTINATION": name})
                 continue
             try:
+                if startup:
+                    age = timedelta(
+                        seconds=max(0.0, datetime.now(UTC).timestamp() - self._app.service.started_at)
+                    )
+                    swept = storage.abort_stale_uploads(older_than=age)
+                    if swept:
+                        log.info(
+                            "%s: removed %d unfinished uploads of a previous daemon",
+                            name,
+                            swept,
+                            extra={"DESTINATION": name},
+                        )
                 self.sync_destination(name, storage)
             except Exception as exc:
                 log.warning("catalog: cannot list destination %s: %s", name, exc, extra={"DESTINATION": name})
@@ -122,8 +137,8 @@ def install(app: Application, ext: dict[str, Any]) -> None:
     service = CatalogService(app)
     ext["catalog"] = service
 
-    def start_sync(*_: Any) -> None:
-        threading.Thread(target=service.sync_all, name="catalog-sync", daemon=True).start()
+    def start_sync(*_: Any, startup: bool = False) -> None:
+        threading.Thread(target=service.sync_all, args=(startup,), name="catalog-sync", daemon=True).start()
 
     ext.setdefault("reload_hooks", []).append(start_sync)
-    start_sync()
+    start_sync(startup=True)

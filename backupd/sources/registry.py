@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import importlib
-
-from backupd.adapters import AdapterContext
+from backupd.adapters import AdapterContext, construct
 from backupd.config.model import SourceConfig
 from backupd.sources.base import SourceAdapter
 
-# type tag -> "module:Class"; modules are imported on first use so that a host without,
-# say, MongoDB tools pays nothing for that engine.
 SOURCES = {
     "sqlite": "backupd.sources.sqlite:SqliteAdapter",
     "postgresql": "backupd.sources.postgresql:PostgresAdapter",
@@ -22,8 +18,5 @@ SOURCES = {
 
 def build_source(name: str, config: SourceConfig, ctx: AdapterContext) -> SourceAdapter:
     """Given a source's name and config, return its adapter (constructed, not connected)."""
-    tag = type(config).__struct_config__.tag
-    module, cls = SOURCES[str(tag)].split(":")
-    factory = getattr(importlib.import_module(module), cls)
-    adapter: SourceAdapter = factory(name, config, ctx)
+    adapter: SourceAdapter = construct(SOURCES, name, config, ctx)
     return adapter

@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import BinaryIO, Protocol
 
 from backupd.errors import KeyEscapesRoot, VerifyFailed
@@ -71,6 +71,11 @@ class StorageAdapter(Protocol):
 
     def describe(self) -> str:
         """A one-line, secret-free description for logs (``s3://bucket/prefix``)."""
+        ...
+
+    def abort_stale_uploads(self, older_than: timedelta = ...) -> int:
+        """Remove what writers that died left unfinished (temp files, open multipart
+        uploads) older than ``older_than``; return how many."""
         ...
 
     def close(self) -> None: ...

@@ -12,7 +12,7 @@ import errno
 import os
 import secrets
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import BinaryIO
 
@@ -150,6 +150,17 @@ class LocalStorage:
                 except FileNotFoundError:
                     continue
                 yield ObjectInfo(key, st.st_size, datetime.fromtimestamp(st.st_mtime, UTC))
+
+    def abort_stale_uploads(self, older_than: timedelta = timedelta(0)) -> int:
+        """Remove temp files (``.tmp-…``) older than ``older_than``, left by a writer that
+        died; return how many."""
+        cutoff = datetime.now(UTC) - older_than
+        removed = 0
+        for info in self.list("", include_temp=True):
+            if info.key.rsplit("/", 1)[-1].startswith(TEMP_MARK) and info.modified and info.modified < cutoff:
+                self.path_of(info.key).unlink(missing_ok=True)
+                removed += 1
+        return removed
 
     def delete(self, key: str) -> None:
         try:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import importlib
-
-from backupd.adapters import AdapterContext
+from backupd.adapters import AdapterContext, construct
 from backupd.config.model import DestinationConfig
 from backupd.storage.base import StorageAdapter
 
@@ -17,8 +15,5 @@ STORAGES = {
 
 def build_storage(name: str, config: DestinationConfig, ctx: AdapterContext) -> StorageAdapter:
     """Given a destination's name and config, return its adapter (not yet connected)."""
-    tag = type(config).__struct_config__.tag
-    module, cls = STORAGES[str(tag)].split(":")
-    factory = getattr(importlib.import_module(module), cls)
-    adapter: StorageAdapter = factory(name, config, ctx)
+    adapter: StorageAdapter = construct(STORAGES, name, config, ctx)
     return adapter

@@ -179,6 +179,11 @@ def test_sigkill_mid_backup_then_restart(tmp_path: Path) -> None:
         assert rec["id"] == eid and rec["status"] == "interrupted"
         backups = json.loads(d2.ctl("backups", "slow", "--json").stdout)["backups"]
         assert backups == []
+        # the killed writer's temp file is removed at start-up, never counted
+        d2.wait_for(
+            lambda: not any(p.name.startswith(".tmp-") for p in (tmp_path / "backups").rglob("*")),
+            what="temp file swept",
+        )
         # the next run succeeds
         cfg["jobs"]["slow"]["compression_level"] = 1
         write_config(d2.config_path, cfg)
