@@ -179,6 +179,11 @@ class StorageError(BackupdError):
     template = "destination {destination}: {reason}"
 
 
+class AllDestinationsFailed(StorageError):
+    code = "all-destinations-failed"
+    template = "every destination failed: {failures}"
+
+
 class VerifyFailed(StorageError):
     code = "verify-failed"
     template = "{key}: stored bytes do not match ({reason})"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from backupd.errors import StorageError
+from backupd.errors import AllDestinationsFailed
 from backupd.storage.base import ObjectWriter
 
 
@@ -33,10 +33,7 @@ class FanOutSink:
             except Exception as exc:
                 self._drop(name, str(exc))
         if not self.writers:
-            raise StorageError(
-                destination="all",
-                reason="every destination failed: " + "; ".join(f"{n}: {r}" for n, r in self.failed.items()),
-            )
+            raise AllDestinationsFailed(failures="; ".join(self.failed.values()))
 
     def finish(self) -> None:
         """Nothing to flush: commit is the upload step's, after the dump has been checked."""

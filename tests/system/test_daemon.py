@@ -222,3 +222,40 @@ def test_follow_streams_log_lines(tmp_path: Path, daemon) -> None:
     assert res.returncode == 0
     out = res.stdout
     assert "initialize" in out and "dumping" in out and "succeeded" in out
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path: Path):
+    """A real 1 MiB tmpfs, so that a destination runs out of space for real."""
+    import subprocess
+
+    from tests.fixtures.common import unavailable
+
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    res = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs", str(mnt)], capture_output=True, text=True
+    )
+    if res.returncode != 0:
+        unavailable(f"mounting a tmpfs ({res.stderr.strip()})")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_full_destination_fails_at_dump_and_keeps_earlier_backups(
+    tmp_path: Path, small_tmpfs: Path, daemon
+) -> None:
+    cfg = base_config(tmp_path)
+    sqlite_job(cfg, tmp_path, "small", rows=50)
+    sqlite_job(cfg, tmp_path, "big", rows=200, blob_kib=64, compression="none")
+    cfg["destinations"]["disk"]["path"] = str(small_tmpfs)
+    d = daemon(cfg)
+    assert d.ctl("run", "small", "--wait").returncode == 0
+    before = sorted(p.name for p in small_tmpfs.rglob("*") if p.is_file())
+    res = d.ctl("run", "big", "--wait")
+    assert res.returncode == 10
+    rec = json.loads(d.ctl("history", "big", "--json").stdout)[0]
+    assert rec["error"].startswith("big: dump: every destination failed: destination disk: ")
+    assert rec["error"].endswith("no space left on device")
+    assert sorted(p.name for p in small_tmpfs.rglob("*") if p.is_file()) == before
+    assert d.ctl("run", "small", "--wait").returncode == 0  # the daemon keeps serving
