@@ -24,6 +24,7 @@ from backupd.domain.states import Status, Step
 from backupd.errors import BackupNotFound, JobNotFound, RestoreRefused, VerifyFailed
 from backupd.execlog import StoreJournal
 from backupd.executions import build_destinations
+from backupd.pipeline.context import CancelToken
 from backupd.pipeline.streams import decompressor
 from backupd.scheduler.queue import WorkItem
 from backupd.sources.base import RestoreTarget
@@ -40,8 +41,11 @@ COMPATIBLE = {"mysql": {"mysql", "mariadb"}, "mariadb": {"mysql", "mariadb"}}
 class HashCheckingReader(io.RawIOBase):
     """Reads ``src`` and raises VerifyFailed at EOF unless size and SHA-256 match."""
 
-    def __init__(self, src: BinaryIO, key: str, size: int, sha256: str) -> None:
+    def __init__(
+        self, src: BinaryIO, key: str, size: int, sha256: str, cancel: CancelToken | None = None
+    ) -> None:
         self._src, self._key, self._size, self._sha = src, key, size, sha256
+        self._cancel = cancel
         self._hash = hashlib.sha256()
         self._n = 0
         self._checked = False
@@ -50,6 +54,8 @@ class HashCheckingReader(io.RawIOBase):
         return True
 
     def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]
+        if self._cancel is not None:
+            self._cancel.check()  # a cancelled restore fails its stream, so the engine's restore aborts
         data = self._src.read(len(b))
         if not data:
             if not self._checked:
@@ -65,11 +71,15 @@ class HashCheckingReader(io.RawIOBase):
         return len(data)
 
 
-def open_plaintext(app: Application, storage: Any, rec: BackupRecord, sc: Sidecar) -> BinaryIO:
+def open_plaintext(
+    app: Application, storage: Any, rec: BackupRecord, sc: Sidecar, cancel: CancelToken | None = None
+) -> BinaryIO:
     """Given a stored backup and its sidecar, return a stream of the dump's plaintext, hash
-    checked at EOF."""
+    checked at EOF (and failing once ``cancel`` is set)."""
     raw = storage.open_reader(rec.key)
-    stream: BinaryIO = io.BufferedReader(HashCheckingReader(raw, rec.key, sc.size, sc.sha256), 1024 * 1024)
+    stream: BinaryIO = io.BufferedReader(
+        HashCheckingReader(raw, rec.key, sc.size, sc.sha256, cancel), 1024 * 1024
+    )
     if sc.encryption is not None:
         from backupd.crypto.bkd1 import DecryptReader
 
@@ -184,7 +194,7 @@ class RestoreService:
                     f"restoring {sc.database} into source {d['source']}"
                     + (f" as {d['as_name']}" if d.get("as_name") else ""),
                 )
-                with open_plaintext(app, storage, rec, sc) as plain:
+                with open_plaintext(app, storage, rec, sc, item.cancel) as plain:
                     source.restore(plain, target)
             finally:
                 storage.close()
