@@ -86,7 +86,13 @@ class SourceAdapter(Protocol):
         ...
 
     def dump(self, database: str) -> DumpHandle:
-        """Start dumping ``database``; return the handle whose bytes stream into the pipeline."""
+        """Start dumping ``database`` (or one of ``extra_objects()``); return the handle whose
+        bytes stream into the pipeline."""
+        ...
+
+    def extra_objects(self) -> list[str]:
+        """Return names of objects stored besides the databases (PostgreSQL's ``_globals``);
+        optional: the runner treats a source without this method as having none."""
         ...
 
     def restore(self, stream: BinaryIO, target: RestoreTarget) -> None:
@@ -150,9 +156,10 @@ class ProcessDump:
     def _drain_stderr(self) -> None:
         assert self._proc is not None and self._proc.stderr is not None
         for chunk in iter(lambda: self._proc.stderr.read(8192), b""):  # type: ignore[union-attr]
-            room = STDERR_LIMIT - len(self._stderr)
-            if room > 0:
-                self._stderr += chunk[:room]
+            # keep the tail: tools print the fatal error last
+            self._stderr += chunk
+            if len(self._stderr) > STDERR_LIMIT:
+                del self._stderr[: len(self._stderr) - STDERR_LIMIT]
 
     def read(self, size: int = READ_SIZE) -> bytes:
         if self._aborted:

@@ -259,9 +259,16 @@ class PostgresAdapter:
         ``postgres`` unless it holds tables)."""
         return [row[0] for row in self._psql(LIST_SQL)]
 
+    def extra_objects(self) -> list[str]:
+        """Objects stored besides the databases: ``_globals`` when ``include_globals``."""
+        return [GLOBALS] if self.config.include_globals else []
+
     def dump(self, database: str) -> ToolDump:
-        """Given a database name, start ``pg_dump -Fc`` and return its handle; the PGPASSFILE
-        is removed when the handle finishes or aborts."""
+        """Given a database name, start ``pg_dump -Fc`` and return its handle (for ``_globals``,
+        ``pg_dumpall --globals-only``); the PGPASSFILE is removed when the handle finishes or
+        aborts."""
+        if database == GLOBALS:
+            return self.dump_globals()
         client = self._ensure_client()
         argv = [client.tool("pg_dump"), "--format=custom", "--compress=0", "--no-password"]
         argv.append(f"--dbname={conninfo(database)}")

@@ -34,6 +34,9 @@ def run(ctx: RunnerContext) -> dict[str, str]:
     if not ctx.destinations:
         raise StepFailed(step="initialize", reason="no destination usable: " + "; ".join(dropped.values()))
     ctx.databases = list(ctx.job.databases) if ctx.job.databases else ctx.source.list_databases()
+    extra = getattr(ctx.source, "extra_objects", None)
+    if extra is not None:
+        ctx.databases += [name for name in extra() if name not in ctx.databases]
     if not ctx.databases:
         raise StepFailed(step="initialize", reason=f"source {ctx.job.source} has no databases to back up")
     ctx.log("info", Step.INITIALIZE, "databases: " + ", ".join(ctx.databases))
