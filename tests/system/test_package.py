@@ -300,6 +300,7 @@ class FakeManager:
 
 
 # Slow (a .deb build, minutes): skipped unless enabled, see the module docstring.
+@pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_build_install_run_purge(clean_machine: None, journald: Journald, tmp_path: Path) -> None:
     # --- build, with Debian's python3 and lintian ---------------------------------------------
