@@ -1,10 +1,10 @@
 """The ``s3`` destination: AWS S3 and S3-compatible stores (SeaweedFS, MinIO, Ceph RGW …).
 
-Writes stream through a multipart upload with a growing part size (:mod:`backupd.storage.parts`),
-at most ``upload_concurrency`` parts in flight, so memory stays below
-``part_size x (upload_concurrency + 1)`` for the part sizes in use. A stream smaller than one
-part becomes a single PutObject. Every part and every single-part object carries a SHA-256
-checksum (``ChecksumSHA256``) that the store checks on arrival.
+Writes stream through a multipart upload (:mod:`backupd.storage.s3_writer`) with a growing
+part size (:mod:`backupd.storage.parts`), at most ``upload_concurrency`` parts in flight, so
+memory stays below ``part_size x (upload_concurrency + 1)`` for the part sizes in use. A
+stream smaller than one part becomes a single PutObject. Every part and every single-part
+object carries a SHA-256 checksum (``ChecksumSHA256``) that the store checks on arrival.
 
 Verification (``verify`` in the config), see docs/DESTINATIONS.md:
 
@@ -23,7 +23,6 @@ every unfinished upload under the prefix as backupd's own (the prefix belongs to
 
 from __future__ import annotations
 
-import base64
 import binascii
 import hashlib
 import io
@@ -32,7 +31,6 @@ import secrets
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor, wait
 from datetime import UTC, datetime, timedelta
 from typing import Any, BinaryIO
 
@@ -52,13 +50,11 @@ from backupd.config.model import S3Destination
 from backupd.config.secrets import read_secret
 from backupd.errors import SecretError, StorageError, VerifyFailed
 from backupd.storage.base import READ_SIZE, ObjectInfo, check_key, readback_verify
-from backupd.storage.parts import default_grow_every, max_object_size, part_size_for
+from backupd.storage.parts import default_grow_every, max_object_size
+from backupd.storage.s3_writer import TAG_PARTS, TAG_SHA256, S3Writer, b64
 
 log = logging.getLogger(__name__)
 
-TAG_SHA256 = "backupd-sha256"
-TAG_PARTS = "backupd-parts-sha256"
-META_DESTINATION = "backupd-destination"
 PROBE_NAME = ".backupd-probe-"
 _CREDENTIAL_NAMES = ("aws_access_key_id", "aws_secret_access_key", "aws_session_token")
 _RECENT = 256  # commits remembered for checksum verification in this process
@@ -95,16 +91,6 @@ def parse_credential(text: str) -> dict[str, str]:
     return found
 
 
-def _b64(digest: bytes) -> str:
-    return base64.b64encode(digest).decode("ascii")
-
-
-def composite_checksum(part_digests: list[bytes]) -> str:
-    """Given the raw SHA-256 digests of the parts in order, return S3's composite checksum
-    of a multipart object: ``base64(sha256(d1 ‖ d2 ‖ …))-N``."""
-    return f"{_b64(hashlib.sha256(b''.join(part_digests)).digest())}-{len(part_digests)}"
-
-
 class S3Storage:
     """A destination in one bucket under one key prefix; the client is built on first use."""
 
@@ -129,7 +115,8 @@ class S3Storage:
         self._client: Any = None
         self._lock = threading.Lock()
         self._recent: OrderedDict[str, tuple[str, str]] = OrderedDict()  # full key -> (sha256 hex, checksum)
-        self._open_uploads: set[str] = set()
+        # Ids of this adapter's unfinished multipart uploads: never stale, whatever their age.
+        self.open_uploads: set[str] = set()
 
     # --- plumbing -------------------------------------------------------------------------
     def fail(self, what: str, exc: BaseException) -> StorageError:
@@ -205,7 +192,9 @@ class S3Storage:
         """Given an object key, return it under the prefix; raise KeyEscapesRoot if unsafe."""
         return self.prefix + check_key(key)
 
-    def _remember(self, full: str, sha256_hex: str, checksum: str) -> None:
+    def remember(self, full: str, sha256_hex: str, checksum: str) -> None:
+        """Given a committed object's full key, its SHA-256 (hex) and the store's checksum of
+        it, keep the pair for ``verify`` in this process (the most recent commits only)."""
         with self._lock:
             self._recent[full] = (sha256_hex, checksum)
             self._recent.move_to_end(full)
@@ -221,7 +210,7 @@ class S3Storage:
             self.client.head_bucket(Bucket=self.bucket)
             body = b"backupd probe\n"
             self.client.put_object(
-                Bucket=self.bucket, Key=probe, Body=body, ChecksumSHA256=_b64(hashlib.sha256(body).digest())
+                Bucket=self.bucket, Key=probe, Body=body, ChecksumSHA256=b64(hashlib.sha256(body).digest())
             )
             self.client.delete_object(Bucket=self.bucket, Key=probe)
         except (BotoCoreError, ClientError) as exc:
@@ -316,7 +305,7 @@ class S3Storage:
             return None
         if "-" not in stored:
             try:
-                return _b64(binascii.unhexlify(sha256))
+                return b64(binascii.unhexlify(sha256))
             except binascii.Error:
                 raise VerifyFailed(key=key, reason=f"expected sha256 {sha256!r} is not hex") from None
         with self._lock:
@@ -368,7 +357,7 @@ class S3Storage:
                     started = up.get("Initiated")
                     if started is not None and started.tzinfo is None:
                         started = started.replace(tzinfo=UTC)
-                    if up["UploadId"] in self._open_uploads or (started is not None and started > cutoff):
+                    if up["UploadId"] in self.open_uploads or (started is not None and started > cutoff):
                         continue
                     if match is not None and not match(up["Key"][len(self.prefix) :]):
                         continue
@@ -403,191 +392,3 @@ class _Body(io.RawIOBase):
         if not self.closed:
             self._body.close()
         super().close()
-
-
-class S3Writer:
-    """One streamed upload. Not thread-safe: one thread writes, then commits or aborts."""
-
-    def __init__(self, storage: S3Storage, key: str, full: str) -> None:
-        self.key = key
-        self._s = storage
-        self._full = full
-        self._buf = bytearray()
-        self._parts: dict[int, dict[str, Any]] = {}
-        self._digests: dict[int, bytes] = {}
-        self._submitted = 0
-        self._upload_id: str | None = None
-        self._pool: ThreadPoolExecutor | None = None
-        self._futures: list[Future[None]] = []
-        self._slots = threading.Semaphore(storage.cfg.upload_concurrency)
-        self._failure: BaseException | None = None
-        self._hash = hashlib.sha256()
-        self._size = 0
-        self._state = "open"
-        self._next_size = storage.cfg.part_size
-
-    @property
-    def upload_id(self) -> str | None:
-        """The multipart upload's id once the first part has been sent, else None."""
-        return self._upload_id
-
-    def _extra(self) -> dict[str, Any]:
-        extra: dict[str, Any] = {"Metadata": {META_DESTINATION: self._s.name}}
-        if self._s.cfg.storage_class:
-            extra["StorageClass"] = self._s.cfg.storage_class
-        return extra
-
-    def _check(self) -> None:
-        if self._state != "open":
-            raise StorageError(destination=self._s.name, reason=f"writer for {self.key} is {self._state}")
-        if self._failure is not None:
-            raise self._s.fail(f"upload {self._full}", self._failure) from self._failure
-
-    def write(self, data: bytes) -> None:
-        """Given bytes, append them, sending each part as it fills (blocking while
-        ``upload_concurrency`` parts are in flight); raise StorageError if a part failed or
-        the stream outgrows the part schedule."""
-        self._check()
-        self._hash.update(data)
-        self._size += len(data)
-        view = memoryview(data)
-        while view:
-            room = self._next_size - len(self._buf)
-            self._buf += view[:room]
-            view = view[room:]
-            if len(self._buf) >= self._next_size:
-                self._send_part()
-
-    def _send_part(self) -> None:
-        s = self._s
-        if self._submitted >= s.cfg.max_parts:
-            raise StorageError(
-                destination=s.name,
-                reason=f"{self.key} is larger than the part schedule allows ({s.max_size} bytes)",
-            )
-        if self._upload_id is None:
-            try:
-                up = s.client.create_multipart_upload(
-                    Bucket=s.bucket, Key=self._full, ChecksumAlgorithm="SHA256", **self._extra()
-                )
-            except (BotoCoreError, ClientError) as exc:
-                raise s.fail(f"start upload of {self._full}", exc) from exc
-            self._upload_id = up["UploadId"]
-            s._open_uploads.add(up["UploadId"])
-            self._pool = ThreadPoolExecutor(s.cfg.upload_concurrency, thread_name_prefix=f"s3-{s.name}")
-        self._slots.acquire()  # back-pressure: at most upload_concurrency parts in flight
-        if self._failure is not None:
-            self._slots.release()
-            self._check()
-        self._submitted += 1
-        number, body, self._buf = self._submitted, self._buf, bytearray()
-        if self._submitted < s.cfg.max_parts:
-            self._next_size = part_size_for(
-                self._submitted + 1, s.cfg.part_size, s.cfg.max_parts, s.grow_every
-            )
-        assert self._pool is not None
-        future = self._pool.submit(self._upload_part, number, body)
-        self._futures = [f for f in self._futures if not f.done()]
-        self._futures.append(future)
-        future.add_done_callback(self._part_done)
-
-    def _upload_part(self, number: int, body: bytearray) -> None:
-        digest = hashlib.sha256(body).digest()
-        s = self._s
-        resp = s.client.upload_part(
-            Bucket=s.bucket, Key=self._full, UploadId=self._upload_id, PartNumber=number,
-            Body=body, ChecksumSHA256=_b64(digest),
-        )  # fmt: skip
-        self._digests[number] = digest
-        self._parts[number] = {"PartNumber": number, "ETag": resp["ETag"], "ChecksumSHA256": _b64(digest)}
-
-    def _part_done(self, future: Future[None]) -> None:
-        if not future.cancelled() and future.exception() is not None and self._failure is None:
-            self._failure = future.exception()
-        self._slots.release()
-
-    def _drain(self, cancel: bool = False) -> None:
-        if cancel:
-            for future in self._futures:
-                future.cancel()
-        wait(self._futures)
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
-
-    def commit(self) -> ObjectInfo:
-        """Send what is buffered and complete the upload (or PutObject a small stream), so the
-        object appears whole; return its info; on failure abort and raise StorageError."""
-        s = self._s
-        sha_hex = self._hash.hexdigest()
-        try:
-            self._check()
-            if self._upload_id is None:
-                digest = hashlib.sha256(self._buf).digest()
-                s.client.put_object(
-                    Bucket=s.bucket,
-                    Key=self._full,
-                    Body=self._buf,
-                    ChecksumSHA256=_b64(digest),
-                    **self._extra(),
-                )
-                s._remember(self._full, sha_hex, _b64(digest))
-            else:
-                if self._buf:
-                    self._send_part()
-                self._drain()
-                self._check()
-                if sorted(self._parts) != list(range(1, self._submitted + 1)):
-                    raise StorageError(
-                        destination=s.name, reason=f"{self.key}: parts missing before completion"
-                    )
-                parts = [self._parts[n] for n in sorted(self._parts)]
-                s.client.complete_multipart_upload(
-                    Bucket=s.bucket,
-                    Key=self._full,
-                    UploadId=self._upload_id,
-                    MultipartUpload={"Parts": parts},
-                )
-                s._open_uploads.discard(self._upload_id)
-                composite = composite_checksum([self._digests[n] for n in sorted(self._digests)])
-                s._remember(self._full, sha_hex, composite)
-                self._tag(sha_hex, composite)
-        except Exception as exc:
-            self.abort()
-            raise s.fail(f"upload {self._full}", exc) from exc
-        except BaseException:
-            self.abort()
-            raise
-        self._state = "committed"
-        self._buf = bytearray()
-        return ObjectInfo(key=self.key, size=self._size, modified=datetime.now(UTC))
-
-    def _tag(self, sha_hex: str, composite: str) -> None:
-        s = self._s
-        tags = [{"Key": TAG_SHA256, "Value": sha_hex}, {"Key": TAG_PARTS, "Value": composite}]
-        try:
-            s.client.put_object_tagging(Bucket=s.bucket, Key=self._full, Tagging={"TagSet": tags})
-        except (BotoCoreError, ClientError) as exc:
-            # Only later checksum verification needs the tags; it reads back without them.
-            log.warning("%s: cannot tag %s (%s); later checks will read it back", s.name, self._full, exc)
-
-    def abort(self) -> None:
-        """Stop sending parts and abort the multipart upload; idempotent. If the store cannot
-        be reached the upload stays open (logged) for ``abort_stale_uploads`` to remove."""
-        if self._state in ("aborted", "committed"):
-            return
-        self._state = "aborting"
-        self._buf = bytearray()
-        self._drain(cancel=True)
-        if self._upload_id is not None:
-            s = self._s
-            try:
-                s.client.abort_multipart_upload(Bucket=s.bucket, Key=self._full, UploadId=self._upload_id)
-            except ClientError as exc:
-                if exc.response.get("Error", {}).get("Code") not in ("NoSuchUpload", "404"):
-                    log.warning("%s: %s", s.name, s.fail(f"abort upload of {self._full}", exc))
-                    return
-            except BotoCoreError as exc:
-                log.warning("%s: %s", s.name, s.fail(f"abort upload of {self._full}", exc))
-                return
-            s._open_uploads.discard(self._upload_id)
-        self._state = "aborted"

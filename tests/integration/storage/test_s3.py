@@ -21,7 +21,8 @@ from backupd.errors import KeyEscapesRoot, SecretError, StorageError, VerifyFail
 from backupd.storage import s3 as s3_module
 from backupd.storage.base import get_bytes, put_bytes
 from backupd.storage.parts import MiB
-from backupd.storage.s3 import TAG_PARTS, S3Storage, composite_checksum, parse_credential
+from backupd.storage.s3 import S3Storage, parse_credential
+from backupd.storage.s3_writer import TAG_PARTS, composite_checksum
 from tests.fixtures.faultproxy import FaultProxy
 from tests.fixtures.seaweedfs import SeaweedS3
 
