@@ -74,6 +74,13 @@ class CancelToken:
         return remove
 
 
+def destination_error(name: str, exc: BaseException, verb: str = "") -> str:
+    """Return ``exc`` as a message naming destination ``name`` once (storage errors name it
+    already), e.g. ``destination offsite unusable: …``."""
+    text, prefix = str(exc), f"destination {name}: "
+    return f"destination {name}{verb}: {text.removeprefix(prefix)}"
+
+
 @dataclass
 class StoredCopy:
     """One committed object on one destination."""

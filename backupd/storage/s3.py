@@ -208,6 +208,17 @@ class S3Storage:
         probe = f"{self.prefix}{PROBE_NAME}{secrets.token_hex(8)}"
         try:
             self.client.head_bucket(Bucket=self.bucket)
+        except ClientError as exc:
+            # a HEAD answer has no body, so the store's own message is lost: say it here
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            if code in ("404", "NoSuchBucket"):
+                raise StorageError(
+                    destination=self.name, reason=f"bucket {self.bucket!r} does not exist"
+                ) from exc
+            raise self.fail(f"test of s3://{self.bucket}/{self.prefix}", exc) from exc
+        except BotoCoreError as exc:
+            raise self.fail(f"test of s3://{self.bucket}/{self.prefix}", exc) from exc
+        try:
             body = b"backupd probe\n"
             self.client.put_object(
                 Bucket=self.bucket, Key=probe, Body=body, ChecksumSHA256=b64(hashlib.sha256(body).digest())

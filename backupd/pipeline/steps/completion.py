@@ -26,6 +26,12 @@ def run(ctx: RunnerContext, record: Callable[[RunnerContext], None] | None) -> N
         if ctx.status == Status.FAILED and ctx.error is None:
             failed = [r for r in ctx.results if not r.copies]
             ctx.error = "; ".join(f"{r.database}: {r.error or 'stored nowhere'}" for r in failed)
+        elif ctx.status == Status.PARTIAL and ctx.error is None:
+            ctx.error = "; ".join(
+                f"{r.database}: not stored on {', '.join(sorted(r.failed_destinations))}"
+                for r in ctx.results
+                if r.failed_destinations
+            )
     level = (
         "info" if ctx.status == Status.SUCCEEDED else "error" if ctx.status == Status.FAILED else "warning"
     )

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from backupd.domain.naming import object_key
 from backupd.domain.states import Step
-from backupd.pipeline.context import DatabaseResult, RunnerContext
+from backupd.pipeline.context import DatabaseResult, RunnerContext, destination_error
 from backupd.pipeline.fanout import FanOutSink
 from backupd.pipeline.streams import EXTENSIONS, ByteSink, HashingSink, compressor
 from backupd.storage.base import ObjectWriter
@@ -58,11 +58,11 @@ def run(ctx: RunnerContext, database: str, result: DatabaseResult) -> PendingObj
                 writers[name] = dest.open_writer(key)
             except Exception as exc:
                 result.failed_destinations[name] = str(exc)
-                ctx.log("error", Step.DUMP, f"destination {name}: {exc}", DESTINATION=name)
+                ctx.log("error", Step.DUMP, destination_error(name, exc), DESTINATION=name)
 
         def dropped(name: str, reason: str) -> None:
             result.failed_destinations[name] = reason
-            ctx.log("error", Step.DUMP, f"destination {name} failed: {reason}", DESTINATION=name)
+            ctx.log("error", Step.DUMP, reason, DESTINATION=name)
 
         fan = FanOutSink(writers, dropped)
         if not writers:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from backupd.domain.states import Step
 from backupd.errors import StepFailed
-from backupd.pipeline.context import RunnerContext
+from backupd.pipeline.context import RunnerContext, destination_error
 
 
 def run(ctx: RunnerContext) -> dict[str, str]:
@@ -30,7 +30,7 @@ def run(ctx: RunnerContext) -> dict[str, str]:
         except Exception as exc:
             dropped[name] = str(exc)
             del ctx.destinations[name]
-            ctx.log("error", Step.INITIALIZE, f"destination {name} unusable: {exc}", DESTINATION=name)
+            ctx.log("error", Step.INITIALIZE, destination_error(name, exc, " unusable"), DESTINATION=name)
     if not ctx.destinations:
         raise StepFailed(step="initialize", reason="no destination usable: " + "; ".join(dropped.values()))
     ctx.databases = list(ctx.job.databases) if ctx.job.databases else ctx.source.list_databases()

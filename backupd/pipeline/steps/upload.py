@@ -9,7 +9,7 @@ from backupd import __version__
 from backupd.domain.naming import sidecar_key
 from backupd.domain.sidecar import EncryptionMeta, Sidecar, SourceMeta, ToolMeta
 from backupd.domain.states import Step
-from backupd.pipeline.context import DatabaseResult, RunnerContext, StoredCopy
+from backupd.pipeline.context import DatabaseResult, RunnerContext, StoredCopy, destination_error
 from backupd.pipeline.steps.dump import PendingObject
 from backupd.storage.base import put_bytes
 
@@ -56,7 +56,7 @@ def run(ctx: RunnerContext, pending: PendingObject, result: DatabaseResult, cata
             put_bytes(dest, sidecar_key(pending.key), body)
         except Exception as exc:
             result.failed_destinations[name] = str(exc)
-            ctx.log("error", Step.UPLOAD, f"destination {name}: {exc}", DESTINATION=name)
+            ctx.log("error", Step.UPLOAD, destination_error(name, exc), DESTINATION=name)
             if committed:
                 try:
                     dest.delete(pending.key)
