@@ -74,7 +74,7 @@ def record_from_sidecar(destination: str, sc: Sidecar) -> BackupRecord:
         database=sc.database,
         created_at=created.timestamp(),
         size=sc.size,
-        sha256=sc.sha256,
+        sha256=sc.sha256 or "",
         execution_id=sc.execution_id,
         sidecar=msgspec.json.encode(sc).decode(),
     )

@@ -187,6 +187,8 @@ class IntegrityService:
             sc = decode_sidecar(get_bytes(storage, sidecar_key(rec.key)))
         except Exception as exc:
             return f"unreadable sidecar: {exc}"
+        if not sc.sha256:
+            return "the sidecar has no checksum: the stored bytes cannot be checked"
         if sc.sha256 != rec.sha256 or sc.size != rec.size:
             return "the sidecar differs from the catalog"
         try:

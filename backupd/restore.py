@@ -42,7 +42,7 @@ class HashCheckingReader(io.RawIOBase):
     """Reads ``src`` and raises VerifyFailed at EOF unless size and SHA-256 match."""
 
     def __init__(
-        self, src: BinaryIO, key: str, size: int, sha256: str, cancel: CancelToken | None = None
+        self, src: BinaryIO, key: str, size: int, sha256: str | None, cancel: CancelToken | None = None
     ) -> None:
         self._src, self._key, self._size, self._sha = src, key, size, sha256
         self._cancel = cancel
@@ -60,7 +60,7 @@ class HashCheckingReader(io.RawIOBase):
         if not data:
             if not self._checked:
                 self._checked = True
-                if self._n != self._size or self._hash.hexdigest() != self._sha:
+                if self._sha is not None and (self._n != self._size or self._hash.hexdigest() != self._sha):
                     raise VerifyFailed(
                         key=self._key, reason="the bytes read during restore differ from the sidecar"
                     )
@@ -172,7 +172,7 @@ class RestoreService:
                     database=sc.database,
                     created_at=0,
                     size=sc.size,
-                    sha256=sc.sha256,
+                    sha256=sc.sha256 or "",
                 )
                 source_cfg = cfg.config.sources[d["source"]]
                 source = build_source(d["source"], source_cfg, app.actx)
@@ -181,8 +181,15 @@ class RestoreService:
                         reason=f"{d['key']} is a {sc.source.type} backup; source {d['source']} is {source.engine}"
                     )
                 journal.log("info", step, f"verifying {d['key']} on {d['destination']} against its sidecar")
-                storage.verify(d["key"], sc.size, sc.sha256)
-                journal.log("info", step, f"verified: {sc.size} bytes, sha256 {sc.sha256[:16]}…")
+                if sc.sha256:
+                    storage.verify(d["key"], sc.size, sc.sha256)
+                    journal.log("info", step, f"verified: {sc.size} bytes, sha256 {sc.sha256[:16]}…")
+                else:
+                    journal.log(
+                        "warning",
+                        step,
+                        "the sidecar has no checksum: restoring without verifying the stored bytes",
+                    )
                 step = Step.RESTORE
                 journal.step(step)
                 target = RestoreTarget(

@@ -37,7 +37,7 @@ class Sidecar(msgspec.Struct, kw_only=True):
     source: SourceMeta
     created_at: str  # UTC, ISO 8601 with "Z"
     size: int
-    sha256: str
+    sha256: str | None  # None only in sidecars of other writers: then nothing can be checked
     plaintext_size: int
     plaintext_sha256: str
     compression: str

@@ -123,3 +123,23 @@ def test_incomplete_objects_are_listed_but_never_counted(tmp_path: Path, daemon)
     assert [i["key"] for i in res["incomplete"]] == ["app/app_20260101T000000Z_99_app.sqlite.gz"]
     assert all(b["key"] != "app/app_20260101T000000Z_99_app.sqlite.gz" for b in res["backups"])
     assert "INCOMPLETE" in d.ctl("backups", "--all").stdout
+
+
+def test_restore_of_a_sidecar_without_checksum_says_so(tmp_path: Path, daemon) -> None:
+    cfg = base_config(tmp_path)
+    sqlite_job(cfg, tmp_path, "app")
+    d = daemon(cfg)
+    assert d.ctl("run", "app", "--wait").returncode == 0
+    d.stop()
+    # a sidecar written by another tool, without the checksum
+    sidecar = next((tmp_path / "backups").rglob("*.meta.json"))
+    meta = json.loads(sidecar.read_text())
+    meta["sha256"] = None
+    sidecar.write_text(json.dumps(meta))
+    d = daemon(cfg)
+    d.wait_for(lambda: _backups(d, "app"), what="catalog rebuilt")
+    res = d.ctl("restore", "app", "--as", str(tmp_path / "restored.db"))
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "the sidecar has no checksum: restoring without verifying" in res.stdout
+    res = d.ctl("verify", "app")
+    assert res.returncode == 10 and "has no checksum" in res.stdout
