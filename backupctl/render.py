@@ -54,61 +54,79 @@ def duration(seconds: float | None) -> str | None:
 
 
 class ProgressView:
-    """Shows progress events: a redrawn bar on a terminal, plain lines otherwise."""
+    """Shows live events: on a terminal, one redrawn progress bar per running execution with
+    log lines scrolling above them; otherwise plain lines (progress at most every 2 s)."""
 
     WIDTH = 30
+    FINAL = frozenset({"succeeded", "partial", "failed", "cancelled", "interrupted"})
 
     def __init__(self, stream: Any = None, expected: int | None = None) -> None:
         self.stream = stream or sys.stdout
         self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
         self.expected = expected
-        self._last_plain = 0.0
-        self._drawn = False
+        self.rows: dict[Any, str] = {}
+        self._drawn = 0
+        self._last_plain: dict[Any, float] = {}
 
     def event(self, ev: dict[str, Any]) -> None:
         kind = ev.get("type")
         if kind == "log":
-            self._clear()
-            print(
-                f"{when(ev.get('time'))} {ev.get('level', ''):7} {ev.get('step') or '-':10} {ev.get('message')}",
-                file=self.stream,
-                flush=True,
+            job = f"{ev['job']}#{ev.get('execution_id')} " if ev.get("job") else ""
+            self._above(
+                f"{when(ev.get('time'))} {ev.get('level', ''):7} {job}{ev.get('step') or '-':10} {ev.get('message')}"
             )
         elif kind == "progress":
             self._progress(ev)
         elif kind == "status":
-            self._clear()
-            print(
-                f"execution {ev.get('execution_id')} ({ev.get('job')}): {ev.get('status')}",
-                file=self.stream,
-                flush=True,
-            )
+            if ev.get("status") in self.FINAL:
+                self.rows.pop(ev.get("execution_id"), None)
+            self._above(f"execution {ev.get('execution_id')} ({ev.get('job')}): {ev.get('status')}")
 
-    def _progress(self, ev: dict[str, Any]) -> None:
+    def bar(self, ev: dict[str, Any]) -> str:
+        """Return one progress line: job, step, bar and percentage (when the size is known
+        from the last good run), bytes, rate, ETA."""
         done = int(ev.get("bytes") or 0)
         total = ev.get("total") or self.expected
         rate = float(ev.get("rate") or 0.0)
-        step = ev.get("step") or "-"
+        head = f"{ev.get('job', '')} #{ev.get('execution_id', '')} {ev.get('step') or '-':9}"
+        if not done and not total:
+            return head.rstrip()
         if total:
             frac = min(1.0, done / total)
             bar = "#" * int(frac * self.WIDTH)
             eta = duration((total - done) / rate) if rate > 0 and done < total else None
-            text = f"{ev.get('job', '')} {step:8} [{bar:<{self.WIDTH}}] {frac * 100:5.1f}% {size(done)} {size(rate)}/s"
-            text += f" ETA {eta}" if eta else ""
-        else:
-            text = f"{ev.get('job', '')} {step:8} {size(done)} {size(rate)}/s"
+            text = f"{head} [{bar:<{self.WIDTH}}] {frac * 100:5.1f}% {size(done)} {size(rate)}/s"
+            return text + (f" ETA {eta}" if eta else "")
+        return f"{head} {size(done)} {size(rate)}/s"
+
+    def _progress(self, ev: dict[str, Any]) -> None:
+        key = ev.get("execution_id")
+        line = self.bar(ev)
         if self.tty:
-            self.stream.write("\r\x1b[2K" + text)
-            self.stream.flush()
-            self._drawn = True
-        elif time.monotonic() - self._last_plain >= 2.0:
-            self._last_plain = time.monotonic()
-            print(text, file=self.stream, flush=True)
+            self.rows[key] = line
+            self._clear()
+            self._draw()
+        elif time.monotonic() - self._last_plain.get(key, 0.0) >= 2.0:
+            self._last_plain[key] = time.monotonic()
+            print(line, file=self.stream, flush=True)
+
+    def _above(self, line: str) -> None:
+        self._clear()
+        print(line, file=self.stream, flush=True)
+        self._draw()
 
     def _clear(self) -> None:
-        if self._drawn:
-            self.stream.write("\r\x1b[2K")
-            self._drawn = False
+        if self.tty and self._drawn:
+            # up to the first bar's line, then clear to the end of the screen
+            self.stream.write(f"\x1b[{self._drawn}F\x1b[J")
+            self._drawn = 0
+
+    def _draw(self) -> None:
+        if self.tty and self.rows:
+            self.stream.write("".join(row + "\n" for row in self.rows.values()))
+            self.stream.flush()
+            self._drawn = len(self.rows)
 
     def close(self) -> None:
         self._clear()
+        self.stream.flush()

@@ -132,7 +132,10 @@ def run_backup(services: Services, item: WorkItem) -> Status:
         apply_retention=services.apply_retention,
     )
     try:
-        return runner.run(ctx)
+        status = runner.run(ctx)
+        # watchers learn the end after retention, the execution's last step
+        services.bus.publish({"type": "status", "execution_id": eid, "job": item.job, "status": status.value})
+        return status
     finally:
         if timer is not None:
             timer.cancel()
@@ -184,12 +187,17 @@ def _record(services: Services, item: WorkItem, ctx: RunnerContext) -> None:
         f"backup {ctx.status.value}" + (f": {ctx.error}" if ctx.error else ""),
         MESSAGE_ID=message_id,
     )
-    _announce(services, item, ctx.status, ctx.error)
+    _announce(services, item, ctx.status, ctx.error, publish=False)
 
 
-def _announce(services: Services, item: WorkItem, status: Status, error: str | None) -> None:
-    services.bus.publish(
-        {"type": "status", "execution_id": item.execution_id, "job": item.job, "status": status.value}
-    )
+def _announce(
+    services: Services, item: WorkItem, status: Status, error: str | None, publish: bool = True
+) -> None:
+    """Notify channels of the outcome; with ``publish``, tell watchers too (a run that went
+    through the pipeline tells them after retention instead)."""
+    if publish:
+        services.bus.publish(
+            {"type": "status", "execution_id": item.execution_id, "job": item.job, "status": status.value}
+        )
     if services.notify is not None:
         services.notify(f"backup.{status.value}", item.job, item.execution_id, status.value, error or "")

@@ -214,6 +214,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="256,1024", help="dump sizes in MiB")
     ap.add_argument("--no-pg", action="store_true")
+    ap.add_argument("--no-sqlite", action="store_true")
     ap.add_argument("--clients", default="1,8,32")
     ap.add_argument(
         "--dir", default=None, help="work directory (default: a temp dir on the same disk as /var/tmp)"
@@ -227,17 +228,18 @@ def main() -> int:
     pg = None
     try:
         for size in [int(s) for s in args.sizes.split(",")]:
-            db = base / f"bench-{size}.db"
-            make_sqlite(db, size)
-            snap = base / "snap.db"
-            # the SQLite "dump tool": the backup API writing a consistent copy, then reading it
-            cmd = f"sqlite3 {db} '.backup {snap}' && cat {snap}; rm -f {snap}"
-            results.append(
-                bench_source(
-                    "sqlite", size, base / f"s{size}", {"type": "sqlite", "path": str(db)}, cmd, key_file
+            if not args.no_sqlite:
+                db = base / f"bench-{size}.db"
+                make_sqlite(db, size)
+                snap = base / "snap.db"
+                # the SQLite "dump tool": the backup API writing a consistent copy, then reading it
+                cmd = f"sqlite3 {db} '.backup {snap}' && cat {snap}; rm -f {snap}"
+                results.append(
+                    bench_source(
+                        "sqlite", size, base / f"s{size}", {"type": "sqlite", "path": str(db)}, cmd, key_file
+                    )
                 )
-            )
-            db.unlink()
+                db.unlink()
             if not args.no_pg:
                 if pg is None:
                     from tests.fixtures.postgres import _start_postgres

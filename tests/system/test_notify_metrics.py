@@ -151,7 +151,7 @@ def test_follow_draws_a_progress_bar_on_a_terminal(tmp_path: Path) -> None:
                 break
         assert proc.wait(10) == 0
         text = out.decode(errors="replace")
-        assert "\r\x1b[2K" in text and "app dump" in text  # a redrawn progress line
+        assert "\x1b[1F\x1b[J" in text and "app #1 dump" in text  # a redrawn progress bar
         assert "succeeded" in text
     finally:
         d.stop()
