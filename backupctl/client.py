@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from backupd.errors import BackupdError, DaemonUnreachable, ProtocolError, SocketNotPermitted, from_code
+from backupd.errors import DaemonUnreachable, ProtocolError, SocketNotPermitted, from_code
 from backupd.ipc.protocol import MAX_FRAME, PROTOCOL_VERSION, encode
 
 DEFAULT_SOCKET = Path("/run/backupd/control.sock")
@@ -110,10 +110,3 @@ class Client:
                 return frame.get("result")
             err = frame.get("error") or {}
             raise from_code(str(err.get("code", "error")), str(err.get("message", "unknown error")))
-
-
-def connect(path: Path, timeout: float | None = 30.0) -> Client:
-    try:
-        return Client(path, timeout)
-    except BackupdError:
-        raise

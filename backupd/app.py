@@ -12,7 +12,6 @@ import os
 import threading
 import zoneinfo
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any
 
 from backupd import catalog
@@ -214,6 +213,3 @@ class Application:
             when, job = min(upcoming)
             return f"idle; next: {job} at {when.strftime('%Y-%m-%d %H:%M UTC')}"
         return "idle"
-
-    def state_dir(self) -> Path:
-        return self.loaded.state_dir

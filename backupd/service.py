@@ -10,8 +10,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
-from pathlib import Path
+from datetime import datetime
 from typing import Any
 
 from backupd import __version__
@@ -21,7 +20,6 @@ from backupd.domain.records import BackupRecord, ExecutionRecord, LogLine
 from backupd.domain.states import FINAL_STATUSES, Status
 from backupd.errors import (
     BackupNotFound,
-    ExecutionNotFound,
     JobNotFound,
     SettingInvalid,
     SettingUnknown,
@@ -316,15 +314,3 @@ class ControlService:
 
     def metrics(self) -> dict[str, Any]:
         return {"text": self._ext("metrics")()}
-
-    def state_path(self) -> Path:
-        return self._loaded.state_dir
-
-    def now(self) -> datetime:
-        return datetime.now(UTC)
-
-    def get_execution_or_none(self, execution: int) -> ExecutionRecord | None:
-        try:
-            return self.store.get_execution(execution)
-        except ExecutionNotFound:
-            return None

@@ -272,9 +272,6 @@ class StateStore:
             else:
                 c.execute("DELETE FROM backup_locks WHERE destination=? AND key=?", (destination, key))
 
-    def locked_keys(self) -> set[tuple[str, str]]:
-        return {(r["destination"], r["key"]) for r in self._all("SELECT destination, key FROM backup_locks")}
-
     def record_verification(self, destination: str, key: str, result: str) -> None:
         with self._tx() as c:
             c.execute(
