@@ -192,7 +192,9 @@ class ControlService:
             for line in self.store.logs(execution, seq):
                 emit({"type": "log", **self._line_dict(line)})
                 seq = line.seq
-            if self.store.get_execution(execution).status in FINAL_STATUSES:
+            item = self.queue.get(execution)
+            finished = item is None or item.done.is_set()  # done comes after retention, the last step
+            if finished and self.store.get_execution(execution).status in FINAL_STATUSES:
                 return self.store.logs(execution, seq)
             self.queue.wait(execution, WAIT_SLICE)
             item = self.queue.get(execution)

@@ -31,3 +31,11 @@ def run(ctx: RunnerContext, apply: ApplyRetention | None) -> None:
                 )
                 continue
             ctx.retention_summary[f"{copy.destination}/{result.database}"] = summary
+            note = " (not applied: beyond max_delete_fraction)" if summary.get("skipped") else ""
+            ctx.log(
+                "warning" if note else "info",
+                Step.RETENTION,
+                f"{copy.destination}/{result.database}: keep {summary.get('keep', 0)}, "
+                f"deleted {summary.get('deleted', 0)}{note}",
+                DESTINATION=copy.destination,
+            )
