@@ -192,7 +192,7 @@ class Application:
 
     # --- health and status ----------------------------------------------------------------
     def healthy(self) -> bool:
-        return self.queue.healthy(max_silence=3600) and self._sched_thread.is_alive()
+        return self.queue.healthy() and self._sched_thread.is_alive() and self.server.alive()
 
     def status_line(self) -> str:
         snap = self.queue.snapshot()

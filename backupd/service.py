@@ -131,9 +131,21 @@ class ControlService:
                 {"type": "status", "execution_id": item.execution_id, "job": job, "status": "cancelled"}
             )
 
-        submitted = self.queue.submit(
-            job, kind, trigger, create, lambda item: self._run_work(kind, item), drop, coalesce=coalesce
-        )
+        def work(item: WorkItem) -> None:
+            try:
+                self._run_work(kind, item)
+            except Exception as exc:
+                # whatever escaped the runner is still recorded: no execution stays "running"
+                if self.store.get_execution(item.execution_id).status not in FINAL_STATUSES:
+                    self.store.finish_execution(
+                        item.execution_id, Status.FAILED, error=f"internal error: {exc}"
+                    )
+                    self.bus.publish(
+                        {"type": "status", "execution_id": item.execution_id, "job": job, "status": "failed"}
+                    )
+                raise
+
+        submitted = self.queue.submit(job, kind, trigger, create, work, drop, coalesce=coalesce)
         if not submitted.coalesced:
             self.bus.publish(
                 {"type": "status", "execution_id": submitted.execution_id, "job": job, "status": "queued"}

@@ -109,6 +109,10 @@ class ControlServer:
         self._thread = threading.Thread(target=self._accept_loop, name="control-accept", daemon=True)
         self._thread.start()
 
+    def alive(self) -> bool:
+        """Return True while the accept loop runs."""
+        return self._thread is not None and self._thread.is_alive()
+
     def stop(self) -> None:
         self._stop.set()
         if self._thread:

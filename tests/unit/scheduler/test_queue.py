@@ -104,3 +104,19 @@ def test_cancel_queued_and_running_and_shutdown() -> None:
     assert time.monotonic() - started < 5 and q.wait(c.execution_id, 1)
     with pytest.raises(ShuttingDown):
         p.submit(q, "d")
+
+
+def test_a_crashing_execution_keeps_its_worker() -> None:
+    q = QueueManager(1)
+    ids = itertools.count(1)
+
+    def boom(item: WorkItem) -> None:
+        raise RuntimeError("bug")
+
+    first = q.submit("a", "backup", "manual", lambda: next(ids), boom, lambda i, r: None)
+    assert q.wait(first.execution_id, 5)
+    assert q.healthy()
+    ran = threading.Event()
+    second = q.submit("b", "backup", "manual", lambda: next(ids), lambda item: ran.set(), lambda i, r: None)
+    assert q.wait(second.execution_id, 5) and ran.is_set()
+    q.shutdown(1)
