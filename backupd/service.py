@@ -21,6 +21,7 @@ from backupd.domain.states import FINAL_STATUSES, Status
 from backupd.errors import (
     BackupNotFound,
     JobNotFound,
+    NotCancellable,
     SettingInvalid,
     SettingUnknown,
 )
@@ -160,7 +161,9 @@ class ControlService:
         self.submit(job, "backup", reason, coalesce=True)
 
     def cancel(self, execution: int) -> dict[str, Any]:
-        self.store.get_execution(execution)  # raises execution-not-found
+        rec = self.store.get_execution(execution)  # raises execution-not-found
+        if rec.status in FINAL_STATUSES:
+            raise NotCancellable(execution=execution, status=rec.status)
         before = self.queue.cancel(execution)
         return {"execution_id": execution, "was": before}
 
