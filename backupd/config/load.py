@@ -167,7 +167,7 @@ def load_config(path: Path = DEFAULT_CONFIG, extra: Iterable[Path] | None = None
         part = parse_file(f)
         if i == 0:
             merged.daemon = part.daemon
-        elif f.read_bytes().find(b"[daemon") != -1:
+        elif "daemon" in tomllib.loads(f.read_text(encoding="utf-8")):
             raise ConfigError(file=str(f), path="daemon", expected="[daemon] only in the main file")
         for section in MERGED_SECTIONS:
             target: dict[str, Any] = getattr(merged, section)

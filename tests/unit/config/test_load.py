@@ -131,3 +131,18 @@ def test_notification_filter_words_are_checked(tmp_path: Path) -> None:
         + '[notifications.ops]\ntype = "webhook"\nurl = "http://127.0.0.1:1/x"\nevents = ["failed", "explode"]\n'
     )
     assert "notifications.ops.events" in _error(tmp_path, text)
+
+
+def test_daemon_section_only_in_the_main_file(tmp_path: Path) -> None:
+    main = _write(tmp_path, GOOD)
+    (tmp_path / "conf.d").mkdir()
+    _write(
+        tmp_path / "conf.d",
+        '# a comment may mention [daemon]\n[jobs.extra]\nsource = "app"\ndestinations = ["disk"]\n',
+        "a.toml",
+    )
+    assert "extra" in load_config(main).config.jobs
+    bad = _write(tmp_path / "conf.d", "[daemon]\nmax_concurrent_jobs = 9\n", "b.toml")
+    with pytest.raises(ConfigError) as exc:
+        load_config(main)
+    assert str(exc.value) == f"{bad}: daemon: [daemon] only in the main file"
