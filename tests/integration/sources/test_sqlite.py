@@ -13,7 +13,7 @@ import pytest
 
 from backupd.adapters import AdapterContext
 from backupd.config.model import SqliteSource
-from backupd.errors import RestoreRefused, SourceError
+from backupd.errors import RestoreFailed, RestoreRefused, SourceError
 from backupd.sources.base import RestoreTarget
 from backupd.sources.sqlite import SqliteAdapter
 
@@ -99,6 +99,6 @@ def test_missing_file_and_restore_rules(tmp_path: Path) -> None:
     adapter.restore(io.BytesIO(data), RestoreTarget(database=None, force=True))
     kept = [p.name for p in tmp_path.iterdir() if ".before-restore-" in p.name]
     assert len(kept) == 1  # the replaced file is kept beside it
-    with pytest.raises(Exception, match="not a valid SQLite database|integrity"):
+    with pytest.raises(RestoreFailed, match=r"not a valid SQLite database|integrity"):
         adapter.restore(io.BytesIO(b"garbage" * 1000), RestoreTarget(database=str(tmp_path / "new.db")))
     assert not (tmp_path / "new.db").exists()
