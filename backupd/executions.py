@@ -112,6 +112,7 @@ def run_backup(services: Services, item: WorkItem) -> Status:
             encryption_key=key,
             compression_threads=services.compression_threads(),
             expected_sizes=_previous_sizes(store, item.job),
+            configured_databases=list(getattr(loaded.config.sources[job.source], "databases", None) or []),
         )
     except Exception as exc:
         journal.log("error", Step.INITIALIZE, str(exc), MESSAGE_ID=catalog.FAILED)

@@ -119,6 +119,7 @@ class RunnerContext:
     encryption_key: Any = None  # backupd.crypto.keyring.MasterKey when the job encrypts
     compression_threads: int = 0
     expected_sizes: dict[str, int] = field(default_factory=dict)  # database -> last plaintext size, for ETAs
+    configured_databases: list[str] = field(default_factory=list)  # the source's `databases`; [] = all
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
     # filled in by the steps
     started_at: datetime | None = None

@@ -161,6 +161,31 @@ def test_redis_through_the_daemon(tmp_path: Path, redis_server) -> None:
         d.stop()
 
 
+def test_the_sources_database_list_is_honoured(tmp_path: Path, postgres_server) -> None:
+    pg = postgres_server
+    for name in ("only_this", "not_that"):
+        pg.sql(f"DROP DATABASE IF EXISTS {name}")
+        pg.sql(f"CREATE DATABASE {name}")
+        pg.sql("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t SELECT generate_series(1, 10)", name)
+    source = {
+        "type": "postgresql",
+        "host": pg.host,
+        "port": pg.port,
+        "user": pg.superuser,
+        "password_file": str(pg.password_file),
+        "databases": ["only_this"],
+    }
+    d = _daemon(tmp_path, source)
+    try:
+        assert d.ctl("run", "app", "--wait").returncode == 0
+        backups = json.loads(d.ctl("backups", "app", "--json").stdout)["backups"]
+        assert [b["database"] for b in backups] == ["only_this"]
+    finally:
+        d.stop()
+        for name in ("only_this", "not_that"):
+            pg.sql(f"DROP DATABASE IF EXISTS {name}")
+
+
 def test_all_databases_in_one_execution(tmp_path: Path, postgres_server) -> None:
     pg = postgres_server
     for name in ("multi_a", "multi_b"):

@@ -33,7 +33,9 @@ def run(ctx: RunnerContext) -> dict[str, str]:
             ctx.log("error", Step.INITIALIZE, destination_error(name, exc, " unusable"), DESTINATION=name)
     if not ctx.destinations:
         raise StepFailed(step="initialize", reason="no destination usable: " + "; ".join(dropped.values()))
-    ctx.databases = list(ctx.job.databases) if ctx.job.databases else ctx.source.list_databases()
+    # the job's list narrows the source's; an empty list on both means every database
+    chosen = ctx.job.databases or ctx.configured_databases
+    ctx.databases = list(chosen) if chosen else ctx.source.list_databases()
     extra = getattr(ctx.source, "extra_objects", None)
     if extra is not None:
         ctx.databases += [name for name in extra() if name not in ctx.databases]
