@@ -19,6 +19,7 @@ from backupd.adapters import AdapterContext
 from backupd.bus import EventBus
 from backupd.config.load import LoadedConfig
 from backupd.executions import Services, run_backup
+from backupd.integrity import SYSTEM_TASK as INTEGRITY_TASK
 from backupd.ipc.handlers import make_dispatch
 from backupd.ipc.server import ControlServer
 from backupd.logs import setup_logging
@@ -28,7 +29,6 @@ from backupd.service import ControlService
 from backupd.store.state import StateStore
 
 log = logging.getLogger("backupd")
-INTEGRITY_TASK = "@integrity"
 
 
 class Application:

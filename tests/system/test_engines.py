@@ -41,6 +41,24 @@ def _daemon(tmp_path: Path, source: dict, databases: list[str] | None = None) ->
     return DaemonProc(tmp_path, cfg).start()
 
 
+def _pg_source(pg, **extra: object) -> dict:
+    return {
+        "type": "postgresql",
+        "host": pg.host,
+        "port": pg.port,
+        "user": pg.superuser,
+        "password_file": str(pg.password_file),
+        **extra,
+    }
+
+
+def _small_databases(pg, names: tuple[str, ...], rows: int) -> None:
+    for name in names:
+        pg.sql(f"DROP DATABASE IF EXISTS {name}")
+        pg.sql(f"CREATE DATABASE {name}")
+        pg.sql(f"CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t SELECT generate_series(1, {rows})", name)
+
+
 def _no_secret_anywhere(d: DaemonProc, tmp_path: Path, secret: str) -> None:
     replies = "".join(
         d.ctl(*args, "--json").stdout for args in (("history",), ("backups",), ("status",), ("jobs",))
@@ -56,15 +74,7 @@ def test_postgresql_through_the_daemon(tmp_path: Path, postgres_server) -> None:
     pg.sql("DROP DATABASE IF EXISTS sysapp")
     pg.sql("CREATE DATABASE sysapp")
     pg.sql(test_postgresql.SCHEMA, "sysapp")
-    source = {
-        "type": "postgresql",
-        "host": pg.host,
-        "port": pg.port,
-        "user": pg.superuser,
-        "password_file": str(pg.password_file),
-        "include_globals": True,
-    }
-    d = _daemon(tmp_path, source, databases=["sysapp"])
+    d = _daemon(tmp_path, _pg_source(pg, include_globals=True), databases=["sysapp"])
     try:
         res = d.ctl("run", "app", "--wait")
         assert res.returncode == 0, res.stdout + d.log()[-3000:]
@@ -101,14 +111,7 @@ def test_postgresql_wrong_password_fails_at_initialize(tmp_path: Path, postgres_
     bad = tmp_path / "bad.pw"
     bad.write_text("not-the-password-sentinel")
     bad.chmod(0o600)
-    source = {
-        "type": "postgresql",
-        "host": postgres_server.host,
-        "port": postgres_server.port,
-        "user": postgres_server.superuser,
-        "password_file": str(bad),
-    }
-    d = _daemon(tmp_path, source, databases=["postgres"])
+    d = _daemon(tmp_path, _pg_source(postgres_server, password_file=str(bad)), databases=["postgres"])
     try:
         assert d.ctl("run", "app", "--wait").returncode == 10
         rec = json.loads(d.ctl("history", "app", "--json").stdout)[0]
@@ -163,19 +166,8 @@ def test_redis_through_the_daemon(tmp_path: Path, redis_server) -> None:
 
 def test_the_sources_database_list_is_honoured(tmp_path: Path, postgres_server) -> None:
     pg = postgres_server
-    for name in ("only_this", "not_that"):
-        pg.sql(f"DROP DATABASE IF EXISTS {name}")
-        pg.sql(f"CREATE DATABASE {name}")
-        pg.sql("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t SELECT generate_series(1, 10)", name)
-    source = {
-        "type": "postgresql",
-        "host": pg.host,
-        "port": pg.port,
-        "user": pg.superuser,
-        "password_file": str(pg.password_file),
-        "databases": ["only_this"],
-    }
-    d = _daemon(tmp_path, source)
+    _small_databases(pg, ("only_this", "not_that"), 10)
+    d = _daemon(tmp_path, _pg_source(pg, databases=["only_this"]))
     try:
         assert d.ctl("run", "app", "--wait").returncode == 0
         backups = json.loads(d.ctl("backups", "app", "--json").stdout)["backups"]
@@ -188,18 +180,8 @@ def test_the_sources_database_list_is_honoured(tmp_path: Path, postgres_server) 
 
 def test_all_databases_in_one_execution(tmp_path: Path, postgres_server) -> None:
     pg = postgres_server
-    for name in ("multi_a", "multi_b"):
-        pg.sql(f"DROP DATABASE IF EXISTS {name}")
-        pg.sql(f"CREATE DATABASE {name}")
-        pg.sql("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t SELECT generate_series(1, 100)", name)
-    source = {
-        "type": "postgresql",
-        "host": pg.host,
-        "port": pg.port,
-        "user": pg.superuser,
-        "password_file": str(pg.password_file),
-    }
-    d = _daemon(tmp_path, source)  # databases = [] : every non-system database
+    _small_databases(pg, ("multi_a", "multi_b"), 100)
+    d = _daemon(tmp_path, _pg_source(pg))  # databases = [] : every non-system database
     try:
         assert d.ctl("run", "app", "--wait").returncode == 0
         rec = json.loads(d.ctl("history", "app", "--json").stdout)[0]
