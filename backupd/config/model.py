@@ -47,6 +47,7 @@ class _Source(_Strict, tag_field="type", kw_only=True):
 
 class SqliteSource(_Source, tag="sqlite", kw_only=True):
     path: str
+    method: Literal["stream", "snapshot"] = "stream"
 
 
 class PostgresSource(_Source, tag="postgresql", kw_only=True):

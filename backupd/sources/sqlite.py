@@ -1,13 +1,10 @@
-"""SQLite source: a consistent copy through SQLite's online backup API.
+"""SQLite source: the database file's pages streamed from inside one read transaction (or,
+by choice or as a fallback, a backup-API snapshot); see :mod:`backupd.sources.sqlite_dump`.
 
-The backup API needs a database file to write into, so this is the one source that makes a
-snapshot file (in the daemon's private work directory, removed as soon as it has been
-streamed); compression, encryption and hashing still stream. The copy is consistent even
-while the database is being written, in WAL and rollback-journal mode alike.
-
-Restore writes the stream to a temporary file beside the target, checks it with
-``PRAGMA integrity_check``, keeps the file it replaces as ``NAME.before-restore-<time>`` and
-renames the new file into place.
+Restore writes the stream to a temporary file beside the target, switches it to rollback-
+journal mode (a WAL database is copied with its WAL flag; the application sets its journal
+mode again on open), checks it with ``PRAGMA integrity_check``, keeps the file it replaces as
+``NAME.before-restore-<time>`` and renames the new file into place.
 """
 
 from __future__ import annotations
@@ -21,42 +18,9 @@ from typing import BinaryIO
 
 from backupd.adapters import AdapterContext
 from backupd.config.model import SqliteSource
-from backupd.errors import Cancelled, DumpFailed, RestoreFailed, RestoreRefused, SourceError
-from backupd.sources.base import READ_SIZE, RestoreTarget, SourceInfo, ToolResult
-
-MAGIC = b"SQLite format 3\x00"
-PAGES_PER_STEP = 16384  # per step of the backup API; writers may commit between steps
-
-
-class SnapshotDump:
-    """A DumpHandle streaming a snapshot file, deleted on finish or abort."""
-
-    extension = ".sqlite"
-
-    def __init__(self, database: str, path: Path) -> None:
-        self.database = database
-        self._path = path
-        self._file: BinaryIO | None = open(path, "rb")  # noqa: SIM115 - closed in finish/abort
-        self._aborted = False
-
-    def read(self, size: int = READ_SIZE) -> bytes:
-        if self._aborted or self._file is None:
-            raise Cancelled()
-        return self._file.read(size)
-
-    def finish(self) -> ToolResult:
-        self._release()
-        return ToolResult("sqlite3-backup-api", sqlite3.sqlite_version, 0)
-
-    def abort(self) -> None:
-        self._aborted = True
-        self._release()
-
-    def _release(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
-        self._path.unlink(missing_ok=True)
+from backupd.errors import DumpFailed, RestoreFailed, RestoreRefused, SourceError
+from backupd.sources.base import READ_SIZE, RestoreTarget, SourceInfo
+from backupd.sources.sqlite_dump import PageStreamDump, SnapshotDump, open_read_only, pin_state, snapshot
 
 
 class SqliteAdapter:
@@ -65,17 +29,16 @@ class SqliteAdapter:
     def __init__(self, name: str, config: SqliteSource, ctx: AdapterContext) -> None:
         self.name = name
         self.path = Path(config.path)
+        self.method = config.method
         self._ctx = ctx
 
-    def _open_source(self) -> sqlite3.Connection:
+    def _open_source(self, *, threads: bool = False) -> sqlite3.Connection:
         if not self.path.is_file():
             raise SourceError(source=self.name, reason=f"{self.path} does not exist or is not a file")
         try:
-            conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=30)
-            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            return open_read_only(self.path, threads=threads)
         except sqlite3.Error as exc:
             raise SourceError(source=self.name, reason=f"{self.path}: {exc}") from None
-        return conn
 
     def test(self) -> SourceInfo:
         self._open_source().close()
@@ -84,40 +47,27 @@ class SqliteAdapter:
     def list_databases(self) -> list[str]:
         return [self.path.stem]
 
-    def dump(self, database: str) -> SnapshotDump:
-        """Given the database name (the file's stem), snapshot it with the backup API and return
-        a handle streaming the snapshot; raise DumpFailed if the copy fails."""
-        src = self._open_source()
-        work = self._ctx.ensure().work_dir
-        fd, name = tempfile.mkstemp(prefix="sqlite-snapshot-", suffix=".sqlite", dir=work)
-        os.close(fd)
-        snap = Path(name)
+    def dump(self, database: str) -> PageStreamDump | SnapshotDump:
+        """Given the database name (the file's stem), pin one committed state and return a
+        handle streaming it (the page stream, else a snapshot); raise DumpFailed if the
+        database cannot be read."""
+        conn = self._open_source(threads=True)
         try:
-            dst = sqlite3.connect(str(snap))
-            try:
-                # a throw-away copy: durability of the snapshot file buys nothing
-                dst.execute("PRAGMA synchronous=OFF")
-                dst.execute("PRAGMA journal_mode=OFF")
-                src.backup(dst, pages=PAGES_PER_STEP)
-                (ok,) = dst.execute("PRAGMA quick_check").fetchone()
-                # A plain rollback-journal file is what restore puts in place; WAL mode is a
-                # property of the live database that the restored one picks up on first open.
-                dst.execute("PRAGMA journal_mode=DELETE")
-            finally:
-                dst.close()
+            size = None if self.method == "snapshot" else pin_state(self.path, conn)
+            if size is None:
+                try:
+                    return snapshot(database, conn, self._ctx.ensure().work_dir)
+                finally:
+                    conn.close()
+            if size == 0:
+                raise DumpFailed(database=database, reason=f"{self.path} holds no pages")
+            return PageStreamDump(database, self.path, conn, size)
         except sqlite3.Error as exc:
-            snap.unlink(missing_ok=True)
-            raise DumpFailed(database=database, reason=f"backup API: {exc}") from None
-        finally:
-            src.close()
-        if ok != "ok":
-            snap.unlink(missing_ok=True)
-            raise DumpFailed(database=database, reason=f"snapshot failed quick_check: {ok}")
-        with open(snap, "rb") as f:
-            if f.read(len(MAGIC)) != MAGIC:
-                snap.unlink(missing_ok=True)
-                raise DumpFailed(database=database, reason="snapshot lacks the SQLite header")
-        return SnapshotDump(database, snap)
+            conn.close()
+            raise DumpFailed(database=database, reason=f"{self.path}: {exc}") from None
+        except BaseException:
+            conn.close()  # idempotent: a handle that failed to start closed it already
+            raise
 
     def restore(self, stream: BinaryIO, target: RestoreTarget) -> None:
         """Given a stream of an SQLite file, put it at ``target.database`` (a path; default the
@@ -134,8 +84,9 @@ class SqliteAdapter:
                     out.write(chunk)
                 out.flush()
                 os.fsync(out.fileno())
-            conn = sqlite3.connect(f"file:{tmp}?mode=ro", uri=True)
+            conn = sqlite3.connect(str(tmp), isolation_level=None)
             try:
+                conn.execute("PRAGMA journal_mode=DELETE").fetchone()
                 (ok,) = conn.execute("PRAGMA integrity_check").fetchone()
             finally:
                 conn.close()
@@ -150,4 +101,5 @@ class SqliteAdapter:
         except sqlite3.Error as exc:
             raise RestoreFailed(reason=f"{dest}: not a valid SQLite database ({exc})") from None
         finally:
-            tmp.unlink(missing_ok=True)
+            for leftover in (tmp, Path(f"{tmp}-wal"), Path(f"{tmp}-shm"), Path(f"{tmp}-journal")):
+                leftover.unlink(missing_ok=True)

@@ -1,5 +1,6 @@
 """SqliteAdapter against real SQLite files: a consistent copy while the database is being
-written (WAL and rollback-journal modes), and restore by atomic replace."""
+written (WAL and rollback-journal modes, page stream and snapshot), what writers see during a
+stream, the fallbacks, damaged sources, and restore by atomic replace."""
 
 from __future__ import annotations
 
@@ -13,28 +14,49 @@ import pytest
 
 from backupd.adapters import AdapterContext
 from backupd.config.model import SqliteSource
-from backupd.errors import RestoreFailed, RestoreRefused, SourceError
-from backupd.sources.base import RestoreTarget
+from backupd.errors import Cancelled, DumpFailed, RestoreFailed, RestoreRefused, SourceError
+from backupd.sources import sqlite_dump
+from backupd.sources.base import RestoreTarget, ToolResult
 from backupd.sources.sqlite import SqliteAdapter
 
 pytestmark = pytest.mark.timeout(60)
 
 
-def _adapter(tmp_path: Path, db: Path) -> SqliteAdapter:
-    return SqliteAdapter("app", SqliteSource(path=str(db)), AdapterContext(tmp_path, tmp_path / "work"))
+def _adapter(tmp_path: Path, db: Path, method: str = "stream") -> SqliteAdapter:
+    return SqliteAdapter(
+        "app", SqliteSource(path=str(db), method=method), AdapterContext(tmp_path, tmp_path / "work")
+    )
 
 
-def _dump(adapter: SqliteAdapter) -> bytes:
+def _dump_with_tool(adapter: SqliteAdapter) -> tuple[bytes, ToolResult]:
     handle = adapter.dump("app")
     out = io.BytesIO()
     while chunk := handle.read():
         out.write(chunk)
-    handle.finish()
-    return out.getvalue()
+    return out.getvalue(), handle.finish()
 
 
+def _dump(adapter: SqliteAdapter) -> bytes:
+    return _dump_with_tool(adapter)[0]
+
+
+def _make_db(db: Path, journal_mode: str, rows: int = 2000) -> None:
+    conn = sqlite3.connect(db)
+    conn.execute(f"PRAGMA journal_mode={journal_mode}")
+    conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, payload BLOB)")
+    with conn:
+        conn.executemany("INSERT INTO t (payload) VALUES (?)", [(b"p" * 1000,) for _ in range(rows)])
+    conn.close()
+
+
+def _work_files(tmp_path: Path) -> list[Path]:
+    work = tmp_path / "work"
+    return list(work.iterdir()) if work.exists() else []
+
+
+@pytest.mark.parametrize("method", ["stream", "snapshot"])
 @pytest.mark.parametrize("journal_mode", ["wal", "delete"])
-def test_copy_is_consistent_while_written(tmp_path: Path, journal_mode: str) -> None:
+def test_copy_is_consistent_while_written(tmp_path: Path, journal_mode: str, method: str) -> None:
     db = tmp_path / "app.db"
     conn = sqlite3.connect(db)
     conn.execute(f"PRAGMA journal_mode={journal_mode}")
@@ -63,7 +85,7 @@ def test_copy_is_consistent_while_written(tmp_path: Path, journal_mode: str) -> 
     try:
         while written[0] < 20:
             time.sleep(0.01)
-        data = _dump(_adapter(tmp_path, db))
+        data, tool = _dump_with_tool(_adapter(tmp_path, db, method))
     finally:
         stop.set()
         t.join()
@@ -80,7 +102,9 @@ def test_copy_is_consistent_while_written(tmp_path: Path, journal_mode: str) -> 
     )
     assert c.execute("SELECT count(*) FROM pairs").fetchone()[0] >= 20000 + 2 * 20
     c.close()
-    assert list((tmp_path / "work").iterdir()) == []  # the snapshot is gone
+    expected = sqlite_dump.STREAM_TOOL if method == "stream" else sqlite_dump.SNAPSHOT_TOOL
+    assert tool.name == expected
+    assert _work_files(tmp_path) == []  # no temp file left (none made by the stream)
 
 
 def test_missing_file_and_restore_rules(tmp_path: Path) -> None:
@@ -102,3 +126,113 @@ def test_missing_file_and_restore_rules(tmp_path: Path) -> None:
     with pytest.raises(RestoreFailed, match=r"not a valid SQLite database|integrity"):
         adapter.restore(io.BytesIO(b"garbage" * 1000), RestoreTarget(database=str(tmp_path / "new.db")))
     assert not (tmp_path / "new.db").exists()
+
+
+def test_stream_makes_no_temp_file_and_ends_its_transaction(tmp_path: Path) -> None:
+    db = tmp_path / "app.db"
+    _make_db(db, "delete", rows=6000)
+    handle = _adapter(tmp_path, db).dump("app")
+    first = handle.read(4096)
+    assert first.startswith(sqlite_dump.MAGIC)
+    assert _work_files(tmp_path) == []
+    # rollback-journal mode: the pinned state holds the file, so a writer waits
+    writer = sqlite3.connect(db, timeout=0.2)
+    with pytest.raises(sqlite3.OperationalError, match="locked"), writer:
+        writer.execute("INSERT INTO t (payload) VALUES (x'00')")
+    rest = b"".join(iter(handle.read, b""))
+    assert handle.finish().name == sqlite_dump.STREAM_TOOL
+    assert len(first + rest) == db.stat().st_size
+    with writer:  # the transaction ended with the stream
+        writer.execute("INSERT INTO t (payload) VALUES (x'00')")
+    writer.close()
+
+
+def test_wal_writers_go_on_during_a_stream(tmp_path: Path) -> None:
+    db = tmp_path / "app.db"
+    _make_db(db, "wal", rows=6000)
+    handle = _adapter(tmp_path, db).dump("app")
+    head = handle.read(4096)
+    writer = sqlite3.connect(db, timeout=0.2)
+    with writer:
+        writer.executemany("INSERT INTO t (payload) VALUES (?)", [(b"n" * 3000,) for _ in range(500)])
+    writer.execute("PRAGMA wal_checkpoint(PASSIVE)")  # must not reach the pinned pages
+    writer.close()
+    data = head + b"".join(iter(handle.read, b""))
+    handle.finish()
+    copy = tmp_path / "copy.db"
+    copy.write_bytes(data)
+    c = sqlite3.connect(copy)
+    assert c.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    assert c.execute("SELECT count(*) FROM t").fetchone()[0] == 6000  # the state when pinned
+    c.close()
+
+
+@pytest.mark.parametrize("fault", ["behind", "refused"])
+def test_wal_falls_back_to_a_snapshot(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, fault: str
+) -> None:
+    def checkpoint(path: Path) -> bool:
+        if fault == "refused":
+            raise sqlite3.OperationalError("attempt to write a readonly database")
+        return False  # writers always ahead of the file
+
+    monkeypatch.setattr(sqlite_dump, "_checkpoint_complete", checkpoint)
+    monkeypatch.setattr(sqlite_dump.time, "sleep", lambda _s: None)
+    db = tmp_path / "app.db"
+    _make_db(db, "wal")
+    data, tool = _dump_with_tool(_adapter(tmp_path, db))
+    assert tool.name == sqlite_dump.SNAPSHOT_TOOL
+    assert data.startswith(sqlite_dump.MAGIC)
+    assert "copying a snapshot instead" in caplog.text
+    assert _work_files(tmp_path) == []
+
+
+def test_damaged_database_fails_the_dump(tmp_path: Path) -> None:
+    db = tmp_path / "app.db"
+    _make_db(db, "delete", rows=3000)
+    with open(db, "r+b") as f:  # scribble over a b-tree page in the middle of the table
+        f.seek(4096 * 200 + 8)
+        f.write(b"\xff" * 64)
+    handle = _adapter(tmp_path, db).dump("app")
+    while handle.read():
+        pass
+    with pytest.raises(DumpFailed, match="quick_check"):
+        handle.finish()
+
+
+def test_abort_kills_the_copy_and_releases_the_database(tmp_path: Path) -> None:
+    db = tmp_path / "app.db"
+    _make_db(db, "delete", rows=6000)
+    handle = _adapter(tmp_path, db).dump("app")
+    handle.read(4096)
+    canceller = threading.Thread(target=handle.abort)  # a cancel arrives on another thread
+    canceller.start()
+    canceller.join()
+    handle.abort()  # and the runner aborts again on its own: no error
+    with pytest.raises(Cancelled):
+        handle.read()
+    writer = sqlite3.connect(db, timeout=0.2)
+    with writer:
+        writer.execute("INSERT INTO t (payload) VALUES (x'00')")
+    writer.close()
+
+
+def test_empty_file_is_refused(tmp_path: Path) -> None:
+    db = tmp_path / "app.db"
+    db.touch()
+    with pytest.raises(DumpFailed, match="holds no pages"):
+        _adapter(tmp_path, db).dump("app")
+
+
+def test_restore_of_a_wal_copy_leaves_a_rollback_file(tmp_path: Path) -> None:
+    db = tmp_path / "app.db"
+    _make_db(db, "wal")
+    data = _dump(_adapter(tmp_path, db))
+    assert data[18:20] == b"\x02\x02"  # the WAL flag travels with the pages
+    target = tmp_path / "restored" / "app.db"
+    _adapter(tmp_path, db).restore(io.BytesIO(data), RestoreTarget(database=str(target)))
+    assert target.read_bytes()[18:20] == b"\x01\x01"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["app.db"]
+    c = sqlite3.connect(target)
+    assert c.execute("SELECT count(*) FROM t").fetchone()[0] == 2000
+    c.close()
