@@ -273,6 +273,7 @@ def main() -> int:
     finally:
         if pg is not None:
             pg.stop()
+            shutil.rmtree(pg.base_dir, ignore_errors=True)  # the cluster holds GiBs of tables
         shutil.rmtree(base, ignore_errors=True)
 
     print(
