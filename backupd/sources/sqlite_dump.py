@@ -10,8 +10,10 @@ into the pipeline. The file holds exactly the pinned state when:
 - the database is in WAL mode and a checkpoint run *after* the transaction began reports the
   whole WAL copied into the file: a checkpoint never copies frames past an open reader's
   mark, so nothing newer can reach the file while the transaction lasts, and writers go on
-  appending to the WAL undisturbed. If writers keep the WAL ahead of the file for every
-  attempt, or the checkpoint is not permitted, the dump falls back to the snapshot.
+  appending to the WAL undisturbed. To keep commits from slipping in between the pin and
+  the checkpoint, a second connection holds the write lock for that moment. If older
+  readers keep the WAL ahead of the file for every attempt, or the checkpoint is not
+  permitted, the dump falls back to the snapshot.
 
 The file is read by a child process because closing any descriptor of a file drops every
 POSIX lock the *process* holds on it — the transaction's lock included.
@@ -41,7 +43,6 @@ from backupd.sources.base import READ_SIZE, ProcessDump, ToolResult
 log = logging.getLogger("backupd.sources.sqlite")
 
 MAGIC = b"SQLite format 3\x00"
-PAGES_PER_STEP = 16384  # per step of the backup API; writers may commit between steps
 WAL_ATTEMPTS = 5
 STREAM_TOOL = "sqlite-page-stream"
 SNAPSHOT_TOOL = "sqlite3-backup-api"
@@ -86,36 +87,55 @@ class QuickCheck:
 def pin_state(path: Path, conn: sqlite3.Connection) -> int | None:
     """Given a read-only ``conn`` to ``path``, begin a read transaction and return the byte
     length of the pinned database when the file itself holds exactly that state; leave the
-    transaction open then. Return None, with no transaction open, when WAL writers kept
-    the file behind for every attempt or a checkpoint was not permitted."""
+    transaction open then. Return None, with no transaction open, when the WAL could not be
+    brought level with the file in any attempt or a checkpoint was not permitted."""
     (mode,) = conn.execute("PRAGMA journal_mode").fetchone()
+    if mode != "wal":
+        return _begin(conn)
     for attempt in range(WAL_ATTEMPTS):
-        conn.execute("BEGIN")
-        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
-        (page_size,) = conn.execute("PRAGMA page_size").fetchone()
-        (page_count,) = conn.execute("PRAGMA page_count").fetchone()
-        if mode != "wal":
-            return page_size * page_count
         try:
-            if _checkpoint_complete(path):
-                return page_size * page_count
+            size, level = _pin_wal(path, conn)
         except sqlite3.Error as exc:
-            conn.execute("COMMIT")
+            if conn.in_transaction:
+                conn.execute("COMMIT")
             log.warning("%s: cannot checkpoint the WAL (%s); copying a snapshot instead", path, exc)
             return None
+        if level:
+            return size
         conn.execute("COMMIT")
         time.sleep(0.05 * (attempt + 1))
-    log.warning("%s: writers kept the WAL ahead of the file; copying a snapshot instead", path)
+    log.warning("%s: older readers kept the WAL ahead of the file; copying a snapshot instead", path)
     return None
 
 
-def _checkpoint_complete(path: Path) -> bool:
-    ck = sqlite3.connect(str(path), timeout=5, isolation_level=None)
+def _begin(conn: sqlite3.Connection) -> int:
+    conn.execute("BEGIN")
+    conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    (page_size,) = conn.execute("PRAGMA page_size").fetchone()
+    (page_count,) = conn.execute("PRAGMA page_count").fetchone()
+    return int(page_size) * int(page_count)
+
+
+def _pin_wal(path: Path, conn: sqlite3.Connection) -> tuple[int, bool]:
+    """Pin the WAL's newest state on ``conn`` while a second connection holds the write lock
+    (so no commit can slip in between), then checkpoint from a third; return the pinned size
+    and whether the checkpoint copied every frame into the file. Writers pause for one passive
+    checkpoint, usually a few milliseconds (the WAL is checkpointed every 1000 pages)."""
+    writer = sqlite3.connect(str(path), timeout=30, isolation_level=None)
     try:
-        busy, in_log, copied = ck.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        writer.execute("BEGIN IMMEDIATE")
+        try:
+            size = _begin(conn)
+            checkpointer = sqlite3.connect(str(path), timeout=5, isolation_level=None)
+            try:
+                busy, in_log, copied = checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            finally:
+                checkpointer.close()
+        finally:
+            writer.execute("ROLLBACK")
     finally:
-        ck.close()
-    return busy == 0 and in_log >= 0 and in_log == copied
+        writer.close()
+    return size, busy == 0 and in_log >= 0 and in_log == copied
 
 
 class PageStreamDump:
@@ -224,7 +244,9 @@ def snapshot(database: str, src: sqlite3.Connection, work_dir: Path) -> Snapshot
             # a throw-away copy: durability of the snapshot file buys nothing
             dst.execute("PRAGMA synchronous=OFF")
             dst.execute("PRAGMA journal_mode=OFF")
-            src.backup(dst, pages=PAGES_PER_STEP)
+            # one step: a stepwise copy starts over whenever another connection writes, and
+            # under a steady write load it never finishes
+            src.backup(dst, pages=-1)
             (ok,) = dst.execute("PRAGMA quick_check").fetchone()
             dst.execute("PRAGMA journal_mode=DELETE")
         finally:

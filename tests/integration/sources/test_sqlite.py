@@ -167,24 +167,44 @@ def test_wal_writers_go_on_during_a_stream(tmp_path: Path) -> None:
     c.close()
 
 
-@pytest.mark.parametrize("fault", ["behind", "refused"])
-def test_wal_falls_back_to_a_snapshot(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, fault: str
+def test_wal_held_back_by_an_older_reader_falls_back_to_a_snapshot(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    def checkpoint(path: Path) -> bool:
-        if fault == "refused":
-            raise sqlite3.OperationalError("attempt to write a readonly database")
-        return False  # writers always ahead of the file
+    db = tmp_path / "app.db"
+    _make_db(db, "wal")
+    old_reader = sqlite3.connect(db, isolation_level=None)
+    old_reader.execute("BEGIN")
+    old_reader.execute("SELECT count(*) FROM t").fetchone()  # holds its snapshot's mark
+    writer = sqlite3.connect(db)
+    with writer:
+        writer.executemany("INSERT INTO t (payload) VALUES (?)", [(b"n" * 1000,) for _ in range(300)])
+    writer.close()
+    data, tool = _dump_with_tool(_adapter(tmp_path, db))
+    old_reader.execute("COMMIT")
+    old_reader.close()
+    assert tool.name == sqlite_dump.SNAPSHOT_TOOL
+    assert "older readers kept the WAL ahead of the file" in caplog.text
+    copy = tmp_path / "copy.db"
+    copy.write_bytes(data)
+    c = sqlite3.connect(copy)
+    assert c.execute("SELECT count(*) FROM t").fetchone()[0] == 2300  # the newest state
+    c.close()
+    assert _work_files(tmp_path) == []
 
-    monkeypatch.setattr(sqlite_dump, "_checkpoint_complete", checkpoint)
-    monkeypatch.setattr(sqlite_dump.time, "sleep", lambda _s: None)
+
+def test_wal_checkpoint_refused_falls_back_to_a_snapshot(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def refused(path: Path, conn: sqlite3.Connection) -> tuple[int, bool]:
+        raise sqlite3.OperationalError("attempt to write a readonly database")
+
+    monkeypatch.setattr(sqlite_dump, "_pin_wal", refused)
     db = tmp_path / "app.db"
     _make_db(db, "wal")
     data, tool = _dump_with_tool(_adapter(tmp_path, db))
     assert tool.name == sqlite_dump.SNAPSHOT_TOOL
     assert data.startswith(sqlite_dump.MAGIC)
-    assert "copying a snapshot instead" in caplog.text
-    assert _work_files(tmp_path) == []
+    assert "cannot checkpoint the WAL (attempt to write a readonly database)" in caplog.text
 
 
 def test_damaged_database_fails_the_dump(tmp_path: Path) -> None:
