@@ -44,6 +44,7 @@ log = logging.getLogger("backupd.sources.sqlite")
 
 MAGIC = b"SQLite format 3\x00"
 WAL_ATTEMPTS = 5
+WRITE_LOCK_WAIT = 30.0  # seconds to wait for a writer's transaction before taking a snapshot
 STREAM_TOOL = "sqlite-page-stream"
 SNAPSHOT_TOOL = "sqlite3-backup-api"
 
@@ -98,7 +99,9 @@ def pin_state(path: Path, conn: sqlite3.Connection) -> int | None:
         except sqlite3.Error as exc:
             if conn.in_transaction:
                 conn.execute("COMMIT")
-            log.warning("%s: cannot checkpoint the WAL (%s); copying a snapshot instead", path, exc)
+            log.warning(
+                "%s: cannot bring the file level with the WAL (%s); copying a snapshot instead", path, exc
+            )
             return None
         if level:
             return size
@@ -121,7 +124,7 @@ def _pin_wal(path: Path, conn: sqlite3.Connection) -> tuple[int, bool]:
     (so no commit can slip in between), then checkpoint from a third; return the pinned size
     and whether the checkpoint copied every frame into the file. Writers pause for one passive
     checkpoint, usually a few milliseconds (the WAL is checkpointed every 1000 pages)."""
-    writer = sqlite3.connect(str(path), timeout=30, isolation_level=None)
+    writer = sqlite3.connect(str(path), timeout=WRITE_LOCK_WAIT, isolation_level=None)
     try:
         writer.execute("BEGIN IMMEDIATE")
         try:

@@ -49,6 +49,18 @@ def _make_db(db: Path, journal_mode: str, rows: int = 2000) -> None:
     conn.close()
 
 
+def _rows_in_copy(tmp_path: Path, data: bytes) -> int:
+    copy = tmp_path / "copy.db"
+    copy.write_bytes(data)
+    c = sqlite3.connect(copy)
+    try:
+        assert c.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        return int(c.execute("SELECT count(*) FROM t").fetchone()[0])
+    finally:
+        c.close()
+        copy.unlink()
+
+
 def _work_files(tmp_path: Path) -> list[Path]:
     work = tmp_path / "work"
     return list(work.iterdir()) if work.exists() else []
@@ -159,12 +171,7 @@ def test_wal_writers_go_on_during_a_stream(tmp_path: Path) -> None:
     writer.close()
     data = head + b"".join(iter(handle.read, b""))
     handle.finish()
-    copy = tmp_path / "copy.db"
-    copy.write_bytes(data)
-    c = sqlite3.connect(copy)
-    assert c.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-    assert c.execute("SELECT count(*) FROM t").fetchone()[0] == 6000  # the state when pinned
-    c.close()
+    assert _rows_in_copy(tmp_path, data) == 6000  # the state when pinned
 
 
 def test_wal_held_back_by_an_older_reader_falls_back_to_a_snapshot(
@@ -184,11 +191,7 @@ def test_wal_held_back_by_an_older_reader_falls_back_to_a_snapshot(
     old_reader.close()
     assert tool.name == sqlite_dump.SNAPSHOT_TOOL
     assert "older readers kept the WAL ahead of the file" in caplog.text
-    copy = tmp_path / "copy.db"
-    copy.write_bytes(data)
-    c = sqlite3.connect(copy)
-    assert c.execute("SELECT count(*) FROM t").fetchone()[0] == 2300  # the newest state
-    c.close()
+    assert _rows_in_copy(tmp_path, data) == 2300  # the newest state
     assert _work_files(tmp_path) == []
 
 
@@ -204,7 +207,26 @@ def test_wal_checkpoint_refused_falls_back_to_a_snapshot(
     data, tool = _dump_with_tool(_adapter(tmp_path, db))
     assert tool.name == sqlite_dump.SNAPSHOT_TOOL
     assert data.startswith(sqlite_dump.MAGIC)
-    assert "cannot checkpoint the WAL (attempt to write a readonly database)" in caplog.text
+    assert "cannot bring the file level with the WAL (attempt to write a readonly database)" in caplog.text
+
+
+def test_wal_writer_holding_its_transaction_leads_to_a_snapshot(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(sqlite_dump, "WRITE_LOCK_WAIT", 0.2)
+    db = tmp_path / "app.db"
+    _make_db(db, "wal")
+    busy = sqlite3.connect(db, isolation_level=None)
+    busy.execute("BEGIN IMMEDIATE")
+    busy.execute("INSERT INTO t (payload) VALUES (x'00')")  # uncommitted: not in the backup
+    try:
+        data, tool = _dump_with_tool(_adapter(tmp_path, db))
+    finally:
+        busy.execute("ROLLBACK")
+        busy.close()
+    assert tool.name == sqlite_dump.SNAPSHOT_TOOL
+    assert "cannot bring the file level with the WAL (database is locked)" in caplog.text
+    assert _rows_in_copy(tmp_path, data) == 2000
 
 
 def test_damaged_database_fails_the_dump(tmp_path: Path) -> None:
