@@ -44,6 +44,7 @@ log = logging.getLogger("backupd.sources.sqlite")
 
 MAGIC = b"SQLite format 3\x00"
 WAL_ATTEMPTS = 5
+CHECKPOINT_TRIES = 40  # x 5 ms while another checkpoint runs
 WRITE_LOCK_WAIT = 30.0  # seconds to wait for a writer's transaction before taking a snapshot
 STREAM_TOOL = "sqlite-page-stream"
 SNAPSHOT_TOOL = "sqlite3-backup-api"
@@ -123,7 +124,8 @@ def _pin_wal(path: Path, conn: sqlite3.Connection) -> tuple[int, bool]:
     """Pin the WAL's newest state on ``conn`` while a second connection holds the write lock
     (so no commit can slip in between), then checkpoint from a third; return the pinned size
     and whether the checkpoint copied every frame into the file. Writers pause for one passive
-    checkpoint, usually a few milliseconds (the WAL is checkpointed every 1000 pages)."""
+    checkpoint, usually a few milliseconds (the WAL is checkpointed every 1000 pages), plus the
+    end of another connection's checkpoint if one is running (at most 200 ms)."""
     writer = sqlite3.connect(str(path), timeout=WRITE_LOCK_WAIT, isolation_level=None)
     try:
         writer.execute("BEGIN IMMEDIATE")
@@ -131,7 +133,13 @@ def _pin_wal(path: Path, conn: sqlite3.Connection) -> tuple[int, bool]:
             size = _begin(conn)
             checkpointer = sqlite3.connect(str(path), timeout=5, isolation_level=None)
             try:
-                busy, in_log, copied = checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                # busy: another connection's checkpoint (an application's autocheckpoint) holds
+                # the checkpoint lock; it ends within milliseconds, so wait for it here
+                for _ in range(CHECKPOINT_TRIES):
+                    busy, in_log, copied = checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                    if not busy:
+                        break
+                    time.sleep(0.005)
             finally:
                 checkpointer.close()
         finally:
