@@ -22,8 +22,9 @@ POSIX lock the *process* holds on it — the transaction's lock included.
 writes a copy into the daemon's private work directory, which is streamed, then removed.
 It needs free space the size of the database.
 
-Either way ``PRAGMA quick_check`` runs on the same state (beside the stream, on its own
-thread), and the dump fails if it finds a problem: a damaged database is not a good backup.
+Either way ``PRAGMA quick_check`` runs on the state that is stored (beside the stream, on its
+own thread; on the snapshot's copy before it is streamed), and the dump fails if it finds a
+problem: a damaged database is not a good backup.
 """
 
 from __future__ import annotations
