@@ -51,6 +51,10 @@ class SqliteAdapter:
         """Given the database name (the file's stem), pin one committed state and return a
         handle streaming it (the page stream, else a snapshot); raise DumpFailed if the
         database cannot be read."""
+        try:
+            st = os.stat(self.path)
+        except OSError as exc:
+            raise SourceError(source=self.name, reason=f"{self.path}: {exc.strerror}") from None
         conn = self._open_source(threads=True)
         try:
             size = None if self.method == "snapshot" else pin_state(self.path, conn)
@@ -61,7 +65,7 @@ class SqliteAdapter:
                     conn.close()
             if size == 0:
                 raise DumpFailed(database=database, reason=f"{self.path} holds no pages")
-            return PageStreamDump(database, self.path, conn, size)
+            return PageStreamDump(database, self.path, conn, size, (st.st_dev, st.st_ino))
         except sqlite3.Error as exc:
             conn.close()
             raise DumpFailed(database=database, reason=f"{self.path}: {exc}") from None

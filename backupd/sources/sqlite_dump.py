@@ -156,8 +156,14 @@ class PageStreamDump:
 
     extension = ".sqlite"
 
-    def __init__(self, database: str, path: Path, conn: sqlite3.Connection, size: int) -> None:
+    def __init__(
+        self, database: str, path: Path, conn: sqlite3.Connection, size: int, identity: tuple[int, int]
+    ) -> None:
+        """``identity`` is the file's (device, inode) taken before ``conn`` was opened: ``dd``
+        reads by path, so a file renamed over the database meanwhile must fail the dump."""
         self.database = database
+        self._path = path
+        self._identity = identity
         self._conn: sqlite3.Connection | None = conn
         self._lock = threading.Lock()
         self._check = QuickCheck(conn)
@@ -189,12 +195,21 @@ class PageStreamDump:
     def finish(self) -> ToolResult:
         try:
             result = self._proc.finish()
-            problem = self._check.result()
+            problem = self._check.result() or self._replaced()
             if problem:
                 raise DumpFailed(database=self.database, reason=problem)
             return result
         finally:
             self._end()
+
+    def _replaced(self) -> str | None:
+        try:
+            st = os.stat(self._path)
+        except OSError as exc:
+            return f"{self._path} vanished during the backup ({exc.strerror})"
+        if (st.st_dev, st.st_ino) != self._identity:
+            return f"{self._path} was replaced by another file during the backup"
+        return None
 
     def abort(self) -> None:
         """Kill the copy, stop the check and end the transaction. Idempotent; safe from a

@@ -5,6 +5,7 @@ stream, the fallbacks, damaged sources, and restore by atomic replace."""
 from __future__ import annotations
 
 import io
+import os
 import sqlite3
 import threading
 import time
@@ -278,3 +279,15 @@ def test_restore_of_a_wal_copy_leaves_a_rollback_file(tmp_path: Path) -> None:
     c = sqlite3.connect(target)
     assert c.execute("SELECT count(*) FROM t").fetchone()[0] == 2000
     c.close()
+
+
+def test_file_renamed_over_the_database_fails_the_dump(tmp_path: Path) -> None:
+    db, other = tmp_path / "app.db", tmp_path / "other.db"
+    _make_db(db, "delete")
+    _make_db(other, "delete", rows=10)
+    handle = _adapter(tmp_path, db).dump("app")
+    os.replace(other, db)  # dd reads by path: what it copies is no longer what was pinned
+    while handle.read():
+        pass
+    with pytest.raises(DumpFailed, match="was replaced by another file during the backup"):
+        handle.finish()
