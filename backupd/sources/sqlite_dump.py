@@ -165,6 +165,7 @@ class PageStreamDump:
         self._path = path
         self._identity = identity
         self._conn: sqlite3.Connection | None = conn
+        self._aborted = False
         self._lock = threading.Lock()
         self._check = QuickCheck(conn)
 
@@ -196,6 +197,8 @@ class PageStreamDump:
         try:
             result = self._proc.finish()
             problem = self._check.result() or self._replaced()
+            if self._aborted:  # a cancel that came while the check was finishing
+                raise Cancelled()
             if problem:
                 raise DumpFailed(database=self.database, reason=problem)
             return result
@@ -214,6 +217,7 @@ class PageStreamDump:
     def abort(self) -> None:
         """Kill the copy, stop the check and end the transaction. Idempotent; safe from a
         canceller's thread while the job's thread is reading."""
+        self._aborted = True
         self._proc.abort()
         with self._lock:
             if self._conn is not None:

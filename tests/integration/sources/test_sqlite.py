@@ -291,3 +291,37 @@ def test_file_renamed_over_the_database_fails_the_dump(tmp_path: Path) -> None:
         pass
     with pytest.raises(DumpFailed, match="was replaced by another file during the backup"):
         handle.finish()
+
+
+def test_cancel_while_the_check_finishes_is_a_cancel(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    released = threading.Event()
+
+    def slow_check(self: sqlite_dump.QuickCheck) -> None:  # a check still running at the end
+        released.wait(10)
+        self._problem = "quick_check could not run: interrupted"
+
+    def cancel(self: sqlite_dump.QuickCheck) -> None:
+        released.set()
+        self._thread.join()
+
+    monkeypatch.setattr(sqlite_dump.QuickCheck, "_run", slow_check)
+    monkeypatch.setattr(sqlite_dump.QuickCheck, "cancel", cancel)
+    db = tmp_path / "app.db"
+    _make_db(db, "delete")
+    handle = _adapter(tmp_path, db).dump("app")
+    while handle.read():
+        pass
+    raised: list[BaseException] = []
+
+    def finish() -> None:
+        try:
+            handle.finish()
+        except BaseException as exc:  # handed to the test's thread
+            raised.append(exc)
+
+    finisher = threading.Thread(target=finish)
+    finisher.start()
+    finisher.join(0.2)  # finish() is now waiting for the check
+    handle.abort()
+    finisher.join(10)
+    assert len(raised) == 1 and isinstance(raised[0], Cancelled)
