@@ -286,7 +286,8 @@ def test_file_renamed_over_the_database_fails_the_dump(tmp_path: Path) -> None:
     _make_db(db, "delete")
     _make_db(other, "delete", rows=10)
     handle = _adapter(tmp_path, db).dump("app")
-    os.replace(other, db)  # dd reads by path: what it copies is no longer what was pinned
+    handle.read(4096)  # dd has opened the pinned file
+    os.replace(other, db)  # the path no longer names what was pinned and copied
     while handle.read():
         pass
     with pytest.raises(DumpFailed, match="was replaced by another file during the backup"):
