@@ -36,6 +36,7 @@ sys.path.insert(0, str(REPO))
 from backupctl.client import Client  # noqa: E402
 from backupd.crypto.bkd1 import Encryptor  # noqa: E402
 from backupd.crypto.keyring import MasterKey  # noqa: E402
+from tests.fixtures.common import discard  # noqa: E402
 from tests.system.daemon_helpers import DaemonProc, base_config  # noqa: E402
 
 WORDS = [f"{i * 2654435761 % 2**32:08x}" for i in range(4000)]
@@ -276,8 +277,7 @@ def main() -> int:
         latency = socket_latency(base / "sock", [int(c) for c in args.clients.split(",")])
     finally:
         if pg is not None:
-            pg.stop()
-            shutil.rmtree(pg.base_dir, ignore_errors=True)  # the cluster holds GiBs of tables
+            discard(pg, pg.base_dir)  # the cluster holds GiBs of tables
         shutil.rmtree(base, ignore_errors=True)
 
     print(
