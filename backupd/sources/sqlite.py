@@ -56,22 +56,21 @@ class SqliteAdapter:
         except OSError as exc:
             raise SourceError(source=self.name, reason=f"{self.path}: {exc.strerror}") from None
         conn = self._open_source(threads=True)
+        handed_over = False  # a PageStreamDump owns conn from then on
         try:
             size = None if self.method == "snapshot" else pin_state(self.path, conn)
             if size is None:
-                try:
-                    return snapshot(database, conn, self._ctx.ensure().work_dir)
-                finally:
-                    conn.close()
+                return snapshot(database, conn, self._ctx.ensure().work_dir)
             if size == 0:
                 raise DumpFailed(database=database, reason=f"{self.path} holds no pages")
-            return PageStreamDump(database, self.path, conn, size, (st.st_dev, st.st_ino))
+            handle = PageStreamDump(database, self.path, conn, size, (st.st_dev, st.st_ino))
+            handed_over = True
+            return handle
         except sqlite3.Error as exc:
-            conn.close()
             raise DumpFailed(database=database, reason=f"{self.path}: {exc}") from None
-        except BaseException:
-            conn.close()  # idempotent: a handle that failed to start closed it already
-            raise
+        finally:
+            if not handed_over:
+                conn.close()
 
     def restore(self, stream: BinaryIO, target: RestoreTarget) -> None:
         """Given a stream of an SQLite file, put it at ``target.database`` (a path; default the

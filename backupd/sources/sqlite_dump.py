@@ -35,6 +35,7 @@ import sqlite3
 import tempfile
 import threading
 import time
+from contextlib import closing
 from pathlib import Path
 from typing import BinaryIO
 
@@ -127,27 +128,27 @@ def _pin_wal(path: Path, conn: sqlite3.Connection) -> tuple[int, bool]:
     and whether the checkpoint copied every frame into the file. Writers pause for one passive
     checkpoint, usually a few milliseconds (the WAL is checkpointed every 1000 pages), plus the
     end of another connection's checkpoint if one is running (at most 200 ms)."""
-    writer = sqlite3.connect(str(path), timeout=WRITE_LOCK_WAIT, isolation_level=None)
-    try:
+    with closing(sqlite3.connect(str(path), timeout=WRITE_LOCK_WAIT, isolation_level=None)) as writer:
         writer.execute("BEGIN IMMEDIATE")
         try:
             size = _begin(conn)
-            checkpointer = sqlite3.connect(str(path), timeout=5, isolation_level=None)
-            try:
-                # busy: another connection's checkpoint (an application's autocheckpoint) holds
-                # the checkpoint lock; it ends within milliseconds, so wait for it here
-                for _ in range(CHECKPOINT_TRIES):
-                    busy, in_log, copied = checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-                    if not busy:
-                        break
-                    time.sleep(0.005)
-            finally:
-                checkpointer.close()
+            busy, in_log, copied = _checkpoint(path)
         finally:
             writer.execute("ROLLBACK")
-    finally:
-        writer.close()
     return size, busy == 0 and in_log >= 0 and in_log == copied
+
+
+def _checkpoint(path: Path) -> tuple[int, int, int]:
+    """Run a passive checkpoint of ``path``; return (busy, frames in the WAL, frames copied).
+    Busy means another connection's checkpoint (an application's autocheckpoint) holds the
+    checkpoint lock; it ends within milliseconds, so wait for it here."""
+    with closing(sqlite3.connect(str(path), timeout=5, isolation_level=None)) as checkpointer:
+        for _ in range(CHECKPOINT_TRIES):
+            busy, in_log, copied = checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            if not busy:
+                break
+            time.sleep(0.005)
+    return busy, in_log, copied
 
 
 class PageStreamDump:
